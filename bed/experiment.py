@@ -60,6 +60,27 @@ class Experiment:
         self.design_space = design_space
         self.name = name
 
+    @classmethod
+    def from_model(
+        cls,
+        model: Callable,
+        target: str = "theta",
+        observation: str = "y",
+        design_space: DesignSpace | None = None,
+        prior: TorchDistribution | None = None,
+        design_shape: tuple[int, ...] | None = None,
+        name: str = "pyro-model",
+    ) -> "Experiment":
+        """An experiment from a ``pyro.contrib.oed`` model ``model(design)``.
+
+        The prior is the ``target`` site's distribution (unless given); the likelihood traces
+        the model with ``target`` conditioned on theta and returns the ``observation`` site's
+        distribution. See ``bed.oed_compat.from_model`` for the arguments.
+        """
+        from bed.oed_compat import from_model
+
+        return from_model(cls, model, target, observation, design_space, prior, design_shape, name)
+
     @property
     def event_shape(self) -> torch.Size:
         return self.prior.event_shape
