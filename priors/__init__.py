@@ -2,5 +2,7 @@
 
 from priors import analytic
 from priors.base import GenerativePrior
+from priors.flow import FlowPrior
+from priors.zoo import available, load
 
-__all__ = ["GenerativePrior", "analytic"]
+__all__ = ["FlowPrior", "GenerativePrior", "analytic", "available", "load"]
