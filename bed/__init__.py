@@ -7,4 +7,14 @@ from bed import eig  # noqa: E402  (after Experiment: eig imports it)
 from bed.acquisition import qEIG
 from bed.optimize import optimize_design
 
-__all__ = ["Box", "Candidates", "DesignSpace", "Experiment", "eig", "optimize_design", "qEIG"]
+__all__ = [
+    "Box",
+    "Candidates",
+    "DesignSpace",
+    "Experiment",
+    "Posterior",
+    "condition",
+    "eig",
+    "optimize_design",
+    "qEIG",
+]
