@@ -2,7 +2,8 @@
 
 from priors import analytic
 from priors.base import GenerativePrior
+from priors.diffusion import DiffusionPrior
 from priors.flow import FlowPrior
 from priors.zoo import available, load
 
-__all__ = ["FlowPrior", "GenerativePrior", "analytic", "available", "load"]
+__all__ = ["DiffusionPrior", "FlowPrior", "GenerativePrior", "analytic", "available", "load"]

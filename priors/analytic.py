@@ -8,14 +8,14 @@ and its posterior under linear-Gaussian observations is known exactly.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from priors.base import GenerativePrior
 from priors.diffusion import DiffusionPrior
-from priors.sde import VPSDE, OUSDE
+from priors.sde import OUSDE, VPSDE
 
 __all__ = ["Gaussian", "GaussianMixture"]
 
@@ -132,7 +132,7 @@ class Gaussian(GenerativePrior):
         """
         return self.as_diffusion(sde).score(x, t)
 
-    def as_diffusion(self, sde: OUSDE | None = None, **kwargs) -> "GaussianMixture":
+    def as_diffusion(self, sde: OUSDE | None = None, **kwargs) -> GaussianMixture:
         """This Gaussian as a one-component ``GaussianMixture``: a ``DiffusionPrior`` whose network
         is the exact score (``push`` = its probability-flow ODE, not the affine map).
 

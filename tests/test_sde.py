@@ -19,7 +19,7 @@ def _euler_maruyama(sde, x0, t_end, steps, generator):
     ts = torch.linspace(0.0, t_end, steps + 1, dtype=x0.dtype)
     for k in range(steps):
         h = ts[k + 1] - ts[k]
-        # the rate is piecewise constant on (i - 1, i]: evaluate at the step's midpoint
+        # midpoint rule: exact for the mean-reverting SDE's piecewise-linear rate
         tm = 0.5 * (ts[k] + ts[k + 1])
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
         x = x + sde.drift(x, tm) * h + sde.diffusion(tm) * h.sqrt() * noise
@@ -62,7 +62,7 @@ def test_mean_reverting_delta_makes_terminal_residual_eps():
         for T, eps in ((100, 0.005), (20, 0.01)):
             sde = MeanRevertingSDE(lam=0.3, T=T, schedule=schedule, eps=eps).double()
             assert torch.exp(-sde.integrated_rate(float(T))).item() == pytest.approx(eps, rel=1e-9)
-            # integrated rate is the integral of the piecewise-constant rate
+            # integrated rate is the integral of the (piecewise-linear) rate
             grid = torch.linspace(0, T, 20 * T + 1, dtype=torch.float64)
             mids = 0.5 * (grid[1:] + grid[:-1])
             riemann = (sde.rate(mids) * grid.diff()).sum()
