@@ -3,6 +3,12 @@
 ``Gaussian(loc, covariance_matrix)`` is a ``GenerativePrior`` with an affine map
 ``push(z) = loc + L z`` (``L`` the Cholesky factor), so every source-space sampler runs on it,
 and its posterior under linear-Gaussian observations is known exactly.
+
+``GaussianMixture(weights, locs, covariance_matrices)`` has an exact density and exact draws,
+and is a ``DiffusionPrior`` whose network is the exact score of its forward-SDE marginals
+(``push`` = its probability-flow ODE); ``as_flow_matching()`` gives the same mixture with its
+exact flow-matching velocity. ``Gaussian.as_diffusion()`` / ``as_flow_matching()`` do the same
+for one Gaussian (``Gaussian.push`` stays affine).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from torch import Tensor, nn
 
 from priors.base import GenerativePrior
 from priors.diffusion import DiffusionPrior
+from priors.flow_matching import FlowMatchingPrior
 from priors.sde import OUSDE, VPSDE
 
 __all__ = ["Gaussian", "GaussianMixture"]
@@ -148,6 +155,45 @@ class Gaussian(GenerativePrior):
             event_shape=self.event_shape,
             **kwargs,
         )
+
+    def as_flow_matching(self, steps: int = 100) -> FlowMatchingPrior:
+        """This Gaussian as a ``FlowMatchingPrior`` with the exact linear-path velocity; its
+        time-1 map is ``loc + S^{1/2} z`` (symmetric square root, methods.md §1)."""
+        return self.as_diffusion().as_flow_matching(steps)
+
+
+class _MixtureVelocity(nn.Module):
+    r"""The exact flow-matching velocity of a Gaussian mixture under the linear path
+    (t=0 noise, t=1 data; methods.md §1):
+    :math:`v = \sum_k r_k [m_k + (tS_k - (1-t)I) C_k^{-1}(x - t m_k)]`,
+    :math:`C_k = t^2 S_k + (1-t)^2 I`, :math:`r_k \propto w_k N(x; t m_k, C_k)`.
+    """
+
+    def __init__(self, logits: Tensor, locs: Tensor, covs: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("logits", logits)  # (K,)
+        self.register_buffer("locs", locs)  # (K, D)
+        self.register_buffer("covs", covs)  # (K, D, D)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        flat = x.reshape(x.shape[0], -1)  # (N, D)
+        t = t.expand(flat.shape[0]) if t.dim() == 0 else t
+        if bool((t == t[0]).all()):  # one time for all points: one Cholesky per component
+            t = t[:1]
+        t = t.to(self.locs)
+        eye = torch.eye(flat.shape[-1], device=flat.device, dtype=flat.dtype)
+        tt = t[:, None, None, None]  # (M, 1, 1, 1)
+        covs = tt**2 * self.covs + (1 - tt) ** 2 * eye  # (M, K, D, D)
+        chol = torch.linalg.cholesky(covs)
+        r = flat[:, None, :] - t[:, None, None] * self.locs  # (N, K, D)
+        w = torch.linalg.solve_triangular(chol, r[..., None], upper=False)  # (N, K, D, 1)
+        prec_r = torch.linalg.solve_triangular(chol.mT, w, upper=True)  # (N, K, D, 1)
+        half_logdet = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (M, K)
+        joint = self.logits - 0.5 * w[..., 0].pow(2).sum(-1) - half_logdet  # (N, K)
+        resp = joint.softmax(-1)  # (N, K)
+        a = tt * self.covs - (1 - tt) * eye  # (M, K, D, D)
+        v_k = self.locs + (a @ prec_r)[..., 0]  # (N, K, D)
+        return (resp[..., None] * v_k).sum(-2).reshape(x.shape)
 
 
 class _MixtureScore(nn.Module):
@@ -335,6 +381,12 @@ class GaussianMixture(DiffusionPrior):
         chol = torch.linalg.cholesky(self.covariance_matrices)  # (K, D, D)
         x = self.locs[comp] + (chol[comp] @ z[..., None])[..., 0]  # (n, D)
         return x.reshape(shape + self.event_shape)
+
+    def as_flow_matching(self, steps: int = 100) -> FlowMatchingPrior:
+        """The same mixture as a ``FlowMatchingPrior`` with its exact linear-path velocity
+        (an oracle for flow-matching samplers; ``push`` = Heun on that ODE)."""
+        net = _MixtureVelocity(self.net.logits, self.locs, self.covariance_matrices)
+        return FlowMatchingPrior(net, event_shape=self.event_shape, steps=steps)
 
     def sample_sde(
         self,
