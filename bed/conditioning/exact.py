@@ -50,7 +50,7 @@ def _mean_and_cov(lik, n: int, batch: int) -> tuple[Tensor, Tensor]:
         var = base.scale.pow(2).expand(base.batch_shape)
         cov = var.reshape(batch, -1, 1, 1)  # (B, n * prod(obs), 1, 1)
     else:
-        raise ValueError(
+        raise TypeError(
             f"exact: the likelihood returns {type(base).__name__}; the closed form needs a "
             "Normal or MultivariateNormal likelihood with a mean affine in theta. Other "
             f"methods: {available_methods()}"
@@ -118,9 +118,7 @@ def gaussian_posterior(
     white = torch.linalg.solve_triangular(ly, innov[:, None], upper=False)[:, 0]
     p = y.numel()
     log_evidence = (
-        -0.5 * white.pow(2).sum()
-        - ly.diagonal().log().sum()
-        - 0.5 * p * math.log(2 * math.pi)
+        -0.5 * white.pow(2).sum() - ly.diagonal().log().sum() - 0.5 * p * math.log(2 * math.pi)
     )
     return m, s, log_evidence
 

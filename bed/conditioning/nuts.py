@@ -15,7 +15,8 @@ References:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from pyro.infer.mcmc import NUTS
@@ -127,9 +128,7 @@ def kernel(
             num_evals=z.new_tensor([a - b for a, b in zip(counts, before)]),
             accept_prob=z.new_tensor([float(k._mean_accept_prob) for k in chains]),
             step_size=z.new_tensor([float(k.step_size) for k in chains]),
-            diverging=z.new_tensor(
-                [len(k._divergences) - n for k, n in zip(chains, divergences)]
-            ),
+            diverging=z.new_tensor([len(k._divergences) - n for k, n in zip(chains, divergences)]),
         )
         return NUTSState(z, loglik), info
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from pyro.ops.stats import effective_sample_size, split_gelman_rubin
@@ -78,7 +79,7 @@ def _rank_normalize(x: Tensor) -> Tensor:
 
 def mcmc_diagnostics(trace: Tensor) -> dict[str, Any]:
     """Bulk ESS and split R-hat of a `C x L x D` trace (chains x iterations x coordinates)."""
-    c, n, d = trace.shape
+    _, n, d = trace.shape
     if n < 4:
         nan = trace.new_full((d,), float("nan"))
         ess, rhat = nan, nan
