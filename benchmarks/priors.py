@@ -21,9 +21,9 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -31,7 +31,7 @@ import torch
 # shadow the ``priors`` package; drop that folder before importing it.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-import priors  # noqa: E402
+import priors
 
 BATCHES = (512, 65_536)
 
@@ -57,13 +57,16 @@ def _time(fn: Callable[[], object], device: torch.device, budget_s: float = 0.5)
 
 
 @torch.no_grad()
-def _measure(sample: Callable[[int], torch.Tensor], log_prob: Callable[[torch.Tensor], object],
-             device: torch.device) -> dict[str, dict[str, float]]:
+def _measure(
+    sample: Callable[[int], torch.Tensor],
+    log_prob: Callable[[torch.Tensor], object],
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
     out = {}
     for n in BATCHES:
         x = sample(n)
-        t_sample = _time(lambda: sample(n), device)
-        t_lp = _time(lambda: log_prob(x), device)
+        t_sample = _time(lambda n=n: sample(n), device)
+        t_lp = _time(lambda x=x: log_prob(x), device)
         out[str(n)] = {
             "sample_ms": 1e3 * t_sample,
             "log_prob_ms": 1e3 * t_lp,
@@ -77,9 +80,10 @@ def run(device: str) -> dict:
     dev = torch.device(device)
     results: dict = {
         "benchmark": "priors",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor() or platform.machine(),
         "device_type": dev.type,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -90,13 +94,13 @@ def run(device: str) -> dict:
         p = priors.load(name, device=dev)
         g = torch.Generator(device=dev).manual_seed(0)
         results["priors"][name] = _measure(
-            lambda n: p.sample_with_generator((n,), g), p.log_prob, dev
+            lambda n, p=p, g=g: p.sample_with_generator((n,), g), p.log_prob, dev
         )
         if name == "sources-2x2":
             mvn = torch.distributions.MultivariateNormal(
                 torch.zeros(4, device=dev), torch.eye(4, device=dev)
             )
-            base = _measure(lambda n: mvn.sample((n,)), mvn.log_prob, dev)
+            base = _measure(lambda n, mvn=mvn: mvn.sample((n,)), mvn.log_prob, dev)
             results["priors"][name]["baseline"] = {"name": "MultivariateNormal(0, I_4)", **base}
             results["priors"][name]["ratio_vs_baseline"] = {
                 k: {
@@ -114,8 +118,10 @@ def markdown(results: dict) -> str:
     lines = [
         f"Priors on {dev}, torch {results['torch']}, {results['date']}:",
         "",
-        "| prior | batch | sample (ms) | samples/s | log_prob (ms) | log_probs/s "
-        "| vs exact MVN (sample / log_prob) |",
+        (
+            "| prior | batch | sample (ms) | samples/s | log_prob (ms) | log_probs/s "
+            "| vs exact MVN (sample / log_prob) |"
+        ),
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, res in results["priors"].items():
@@ -141,9 +147,7 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--out", default=str(_HERE / "results" / "priors.json")
-    )
+    parser.add_argument("--out", default=str(_HERE / "results" / "priors.json"))
     args = parser.parse_args()
     results = run(args.device)
     out = Path(args.out)

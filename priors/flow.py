@@ -21,7 +21,7 @@ ships, from normflows' own layers; a model card records their keyword arguments 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import normflows as nf
 import torch
@@ -240,7 +240,11 @@ def neural_spline(
         raise ValueError(f"neural_spline: dim must be at least 2 for a coupling flow, got {dim}")
     layers = [
         nf.flows.CoupledRationalQuadraticSpline(
-            dim, num_blocks, hidden, num_bins=num_bins, tail_bound=tail_bound,
+            dim,
+            num_blocks,
+            hidden,
+            num_bins=num_bins,
+            tail_bound=tail_bound,
             reverse_mask=bool(i % 2),
         )
         for i in range(num_layers)

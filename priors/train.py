@@ -21,9 +21,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -102,8 +103,15 @@ register(
         },
         event_shape=(2,),
         architecture="neural_spline",
-        config={"dim": 2, "num_layers": 4, "hidden": 32, "num_blocks": 2, "num_bins": 8,
-                "tail_bound": 4.0, "trainable_base": False},
+        config={
+            "dim": 2,
+            "num_layers": 4,
+            "hidden": 32,
+            "num_blocks": 2,
+            "num_bins": 8,
+            "tail_bound": 4.0,
+            "trainable_base": False,
+        },
         steps=5000,
         lr=2e-3,
     ),
@@ -120,8 +128,13 @@ register(
         },
         event_shape=(2, 2),
         architecture="realnvp",
-        config={"dim": 4, "num_layers": 4, "hidden": 64, "init_identity": True,
-                "trainable_base": True},
+        config={
+            "dim": 4,
+            "num_layers": 4,
+            "hidden": 64,
+            "init_identity": True,
+            "trainable_base": True,
+        },
         steps=3000,
         lr=1e-3,
         reference_log_prob=_standard_normal_log_prob,
@@ -280,12 +293,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.name not in RECIPES:
         parser.error(f"unknown prior {args.name!r}; recipes: {', '.join(RECIPES)}")
     info = train(
-        args.name, steps=args.steps, device=args.device, seed=args.seed,
-        out_dir=args.out_dir, batch_size=args.batch_size, num_heldout=args.num_heldout,
+        args.name,
+        steps=args.steps,
+        device=args.device,
+        seed=args.seed,
+        out_dir=args.out_dir,
+        batch_size=args.batch_size,
+        num_heldout=args.num_heldout,
     )
     print(json.dumps(info["metrics"], indent=2))
-    print(f"wrote {info['checkpoint']['file']} and {args.name}.json "
-          f"in {info['training']['wall_time_s']} s")
+    print(
+        f"wrote {info['checkpoint']['file']} and {args.name}.json "
+        f"in {info['training']['wall_time_s']} s"
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,13 @@ from priors.base import GenerativePrior
 from priors.flow import FlowPrior, neural_spline, realnvp
 
 __all__ = [
-    "ARCHITECTURES", "CHECKPOINT_DIR", "KINDS", "UnknownPriorError", "available", "card", "load",
+    "ARCHITECTURES",
+    "CHECKPOINT_DIR",
+    "KINDS",
+    "UnknownPriorError",
+    "available",
+    "card",
+    "load",
 ]
 
 #: where the shipped checkpoints and model cards live.
@@ -43,6 +50,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 #: prior kind (as written in a model card) -> class(module, event_shape=...) -> GenerativePrior.
 KINDS: dict[str, Callable[..., GenerativePrior]] = {"flow": FlowPrior}
+
 
 class UnknownPriorError(KeyError):
     """Raised for a prior name that is not shipped; the message lists the available names."""
@@ -176,7 +184,10 @@ def load(
 def _check_state(module: nn.Module, state: Any, path: Path) -> None:
     """Raise a ValueError naming ``path`` unless ``state`` fits ``module`` key for key."""
     if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict")
+        # a ValueError like every other bad-checkpoint error, so callers catch one type
+        raise ValueError(  # noqa: TRY004
+            f"checkpoint {path} holds a {type(state).__name__}, not a state_dict"
+        )
     want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     problems = []

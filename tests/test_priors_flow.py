@@ -15,9 +15,9 @@ import re
 import normflows as nf
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import pytest
 import torch
+from pyro import poutine
 from pyro.distributions.testing.gof import auto_goodness_of_fit
 
 import priors
@@ -153,6 +153,7 @@ def test_change_of_variables_against_autograd_jacobian(prior):
     p = prior.to(dtype=torch.float64)  # float64 so the Jacobian's log-determinant is exact
     src = p.source_event_shape
     for z in p.source.sample((4,)):
+
         def push_flat(v):
             return p.push(v.reshape(src)).reshape(-1)
 
@@ -230,8 +231,9 @@ def test_to_cuda(prior):
     pc = prior.to("cuda")
     x = pc.sample((16,))
     assert x.is_cuda and pc.log_prob(x).is_cuda
-    torch.testing.assert_close(pc.log_prob(x).cpu(), prior.to("cpu").log_prob(x.cpu()),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        pc.log_prob(x).cpu(), prior.to("cpu").log_prob(x.cpu()), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_sample_with_generator_is_reproducible(prior):

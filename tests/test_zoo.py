@@ -70,8 +70,9 @@ def test_card_records_training(name):
     assert info["checkpoint"]["sha256"] == zoo.sha256(zoo.CHECKPOINT_DIR / f"{name}.pt")
 
 
-@pytest.mark.parametrize("name, data", [("two-moons", two_moons),
-                                        ("sources-2x2", location_finding_sources)])
+@pytest.mark.parametrize(
+    "name, data", [("two-moons", two_moons), ("sources-2x2", location_finding_sources)]
+)
 def test_heldout_nll_reproduces_card(name, data):
     """A fresh held-out set gives the card's NLL (within Monte Carlo error)."""
     p = priors.load(name)
@@ -175,8 +176,7 @@ def test_sources_heldout_nll_close_to_exact_gaussian():
 
 # ---------------------------------------------------------------------- training, tiny setting
 def test_train_tiny_writes_a_loadable_checkpoint(tmp_path):
-    info = train("sources-2x2", steps=3, seed=1, out_dir=tmp_path, batch_size=32,
-                 num_heldout=256)
+    info = train("sources-2x2", steps=3, seed=1, out_dir=tmp_path, batch_size=32, num_heldout=256)
     assert (tmp_path / "sources-2x2.pt").is_file() and (tmp_path / "sources-2x2.json").is_file()
     assert info["training"]["steps"] == 3 and info["training"]["seed"] == 1
     assert {"heldout_nll", "exact_heldout_nll", "gap_per_dim"} <= set(info["metrics"])
@@ -186,12 +186,22 @@ def test_train_tiny_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_train_cli_tiny(tmp_path, capsys):
-    main(["two-moons", "--steps", "2", "--seed", "0", "--batch-size", "16",
-          "--num-heldout", "64", "--out-dir", str(tmp_path)])
+    argv = [
+        "two-moons",
+        "--steps",
+        "2",
+        "--seed",
+        "0",
+        "--batch-size",
+        "16",
+        "--num-heldout",
+        "64",
+        "--out-dir",
+    ]
+    main([*argv, str(tmp_path)])
     assert "wrote two-moons.pt" in capsys.readouterr().out
     first = (tmp_path / "two-moons.pt").read_bytes()
-    main(["two-moons", "--steps", "2", "--seed", "0", "--batch-size", "16",
-          "--num-heldout", "64", "--out-dir", str(tmp_path)])
+    main([*argv, str(tmp_path)])
     p1 = priors.load("two-moons", root=tmp_path)
     (tmp_path / "two-moons.pt").write_bytes(first)  # same seed, same weights: hash still fits
     p2 = priors.load("two-moons", root=tmp_path)
