@@ -6,6 +6,7 @@ from bed.experiment import Experiment
 from bed import eig  # noqa: E402  (after Experiment: eig imports it)
 from bed.acquisition import qEIG
 from bed.optimize import optimize_design
+from bed.loop import Instrument, SequentialDesign, Simulator  # noqa: E402
 
 __all__ = [
     "Box",
@@ -18,3 +19,4 @@ __all__ = [
     "optimize_design",
     "qEIG",
 ]
+__all__ += ["Instrument", "SequentialDesign", "Simulator"]
