@@ -42,16 +42,39 @@ from priors.base import GenerativePrior
 from priors.ode import heun, integrate_with_divergence
 from priors.sde import OUSDE
 
-__all__ = ["DiffusionPrior"]
+__all__ = ["DiffusionModel", "DiffusionPrior", "dsm_loss"]
 
 PARAMETERIZATIONS = ("eps", "score", "x0")
 
 
-class _DiffusionModule(nn.Module):
-    def __init__(self, net: nn.Module, sde: OUSDE) -> None:
+class DiffusionModel(nn.Module):
+    """The weights of a diffusion prior: the network and the SDE (schedule buffers), plus the
+    sampler settings as plain attributes. ``DiffusionPrior.from_module`` wraps one; the zoo
+    stores its ``state_dict``.
+
+    Args:
+        net: the network ``net(x (N, *event), t (N,)) -> (N, *event)``.
+        sde: the forward SDE.
+        parameterization: ``"eps"``, ``"score"`` or ``"x0"``.
+        ode_steps: default Heun steps of ``push`` / ``log_prob``.
+        sde_steps: default Euler-Maruyama steps of ``sample``.
+        t_min: end time of the reverse processes.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sde: OUSDE,
+        parameterization: str = "eps",
+        ode_steps: int = 100,
+        sde_steps: int = 500,
+        t_min: float = 1e-3,
+    ) -> None:
         super().__init__()
         self.net = net
         self.sde = sde
+        self.parameterization = parameterization
+        self.ode_steps, self.sde_steps, self.t_min = int(ode_steps), int(sde_steps), float(t_min)
 
 
 class DiffusionPrior(GenerativePrior):
@@ -108,7 +131,29 @@ class DiffusionPrior(GenerativePrior):
         self.ode_steps, self.sde_steps = int(ode_steps), int(sde_steps)
         self.t_min = float(t_min)
         self.exact_divergence_max = int(exact_divergence_max)
-        super().__init__(_DiffusionModule(net, sde), event_shape, validate_args=validate_args)
+        module = DiffusionModel(net, sde, parameterization, ode_steps, sde_steps, t_min)
+        super().__init__(module, event_shape, validate_args=validate_args)
+
+    @classmethod
+    def from_module(
+        cls,
+        module: DiffusionModel,
+        event_shape: Sequence[int] | None = None,
+        validate_args: bool | None = None,
+    ) -> DiffusionPrior:
+        """Wrap a ``DiffusionModel`` (e.g. rebuilt by the zoo), sharing its weights."""
+        prior = cls(
+            module.net,
+            module.sde,
+            event_shape=event_shape,
+            parameterization=module.parameterization,
+            ode_steps=module.ode_steps,
+            sde_steps=module.sde_steps,
+            t_min=module.t_min,
+            validate_args=validate_args,
+        )
+        prior.module = module
+        return prior
 
     # ------------------------------------------------------------------ parts
     @property
@@ -308,3 +353,39 @@ class DiffusionPrior(GenerativePrior):
             f"sde_steps={self.sde_steps}, t_min={self.t_min}, device={self.device}, "
             f"dtype={self.dtype})"
         )
+
+
+def dsm_loss(
+    prior: DiffusionPrior, x0: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Denoising score matching in the prior's parameterisation, mean over the batch.
+
+    :math:`t \sim U(t_{\min}, T)`, :math:`x_t = \mu + \alpha_t(x_0 - \mu) + \sigma_t\varepsilon`;
+    the loss is :math:`\|\hat\varepsilon - \varepsilon\|^2` (``"eps"``),
+    :math:`\|\sigma_t \hat s + \varepsilon\|^2` (``"score"``, i.e. the
+    :math:`\sigma_t^2`-weighted score loss) or :math:`\|\hat x_0 - x_0\|^2` (``"x0"``), summed
+    over the event.
+
+    Args:
+        prior: the diffusion prior being trained.
+        x0: data `(N, *event)`.
+        generator: source of ``t`` and the noise.
+
+    Returns:
+        A scalar.
+    """
+    n = x0.shape[0]
+    sde = prior.sde
+    u = torch.rand(n, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = prior.t_min + (sde.T - prior.t_min) * u  # (N,)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    xt = sde.perturb(x0, t, noise)
+    out = prior.net(xt, t)  # (N, *event)
+    if prior.parameterization == "eps":
+        err = out - noise
+    elif prior.parameterization == "score":
+        _, std = sde.marginal(t)
+        err = std.reshape((-1,) + (1,) * (x0.dim() - 1)) * out + noise
+    else:
+        err = out - x0
+    return err.pow(2).flatten(1).sum(-1).mean()

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from priors.base import GenerativePrior
 from priors.ode import heun, integrate_with_divergence
 
-__all__ = ["FlowMatchingPrior", "fm_loss"]
+__all__ = ["FlowMatchingPrior", "flow_matching_loss", "fm_loss"]
 
 
 def fm_loss(net: nn.Module, x1: Tensor, z: Tensor, t: Tensor) -> Tensor:
@@ -43,6 +43,15 @@ def fm_loss(net: nn.Module, x1: Tensor, z: Tensor, t: Tensor) -> Tensor:
     tt = t.reshape((-1,) + (1,) * (x1.dim() - 1))
     xt = (1 - tt) * z + tt * x1
     return (net(xt, t) - (x1 - z)).pow(2).flatten(1).sum(-1)
+
+
+def flow_matching_loss(
+    prior: FlowMatchingPrior, x1: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """``fm_loss`` of ``prior.net`` with fresh noise and ``t ~ U(0, 1)``, mean over the batch."""
+    z = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+    t = torch.rand(x1.shape[0], generator=generator, device=x1.device, dtype=x1.dtype)
+    return fm_loss(prior.net, x1, z, t).mean()
 
 
 class FlowMatchingPrior(GenerativePrior):

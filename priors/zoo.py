@@ -27,7 +27,10 @@ import torch
 from torch import nn
 
 from priors.base import GenerativePrior
+from priors.diffusion import DiffusionPrior
 from priors.flow import FlowPrior, neural_spline, realnvp
+from priors.flow_matching import FlowMatchingPrior
+from priors.nets import TimeMLP, vp_mlp, vp_unet
 
 __all__ = [
     "ARCHITECTURES",
@@ -50,6 +53,10 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 #: prior kind (as written in a model card) -> class(module, event_shape=...) -> GenerativePrior.
 KINDS: dict[str, Callable[..., GenerativePrior]] = {"flow": FlowPrior}
+
+# diffusion and flow-matching priors (priors.nets builds their modules)
+ARCHITECTURES.update(vp_mlp=vp_mlp, vp_unet=vp_unet, time_mlp=TimeMLP)
+KINDS.update(diffusion=DiffusionPrior.from_module, flow_matching=FlowMatchingPrior)
 
 
 class UnknownPriorError(KeyError):

@@ -234,3 +234,43 @@ def test_push_is_differentiable_gradcheck_float64():
     # and gradients reach the weights
     p.push(z).sum().backward()
     assert all(w.grad is not None for w in net.parameters())
+
+
+def test_nets_shapes_and_zero_initialised_unet_output():
+    from priors.nets import TimeMLP, TimeUNet, vp_mlp
+
+    mlp = TimeMLP(3, hidden=16, depth=2)
+    assert mlp(torch.randn(5, 3), torch.rand(5)).shape == (5, 3)
+    for shape in ((16, 16), (32, 32), (1, 16, 16)):
+        net = TimeUNet(shape, base=8)
+        x = torch.randn((2,) + shape)
+        out = net(x, torch.rand(2))
+        assert out.shape == x.shape and out.abs().max() == 0  # zero-initialised output conv
+    with pytest.raises(ValueError, match="divisible"):
+        TimeUNet((10, 10), base=8)
+    # a zoo module round-trips through DiffusionPrior.from_module
+    module = vp_mlp(2, hidden=16, depth=1, ode_steps=7)
+    p = DiffusionPrior.from_module(module, event_shape=(2,))
+    assert p.module is module and p.ode_steps == 7 and p.parameterization == "eps"
+    assert p.push(torch.randn(4, 2)).shape == (4, 2)
+
+
+def test_dsm_loss_is_smaller_for_the_exact_score():
+    from priors.diffusion import dsm_loss
+
+    g = _gaussian()
+    p = g.as_diffusion()
+    x0 = g.sample((4000,))
+    nets = _exact_nets(p)
+    exact = DiffusionPrior(nets["eps"], p.sde, event_shape=(2,), parameterization="eps")
+
+    class Zero(nn.Module):
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    zero = DiffusionPrior(Zero(), p.sde, event_shape=(2,), parameterization="eps")
+    gen = torch.Generator().manual_seed(0)
+    le = dsm_loss(exact, x0, torch.Generator().manual_seed(0))
+    lz = dsm_loss(zero, x0, gen)
+    # the zero net scores E||eps||^2 = D = 2; the exact posterior mean of eps does better
+    assert le < 2.0 < lz
