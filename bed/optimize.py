@@ -14,14 +14,19 @@ Three routes:
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.transforms import Normalize, Standardize
+from botorch.exceptions.warnings import OptimizationWarning
 from botorch.optim import optimize_acqf, optimize_acqf_discrete, optimize_acqf_mixed
 from botorch.utils.sampling import draw_sobol_samples
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
 
 from bed.acquisition import qEIG
@@ -97,6 +102,21 @@ def _no_options(options: dict, route: str) -> None:
         raise TypeError(f"optimize_design: unexpected options for {route}: {sorted(options)}")
 
 
+@contextlib.contextmanager
+def _routine_bo_warnings_silenced():
+    """Silence the warnings that are routine in small-data Bayesian optimization.
+
+    Log-EI is flat far from the data, where L-BFGS-B may stop "ABNORMAL" and BoTorch retries
+    from new starts; near-duplicate designs make the joint GP covariance need Cholesky jitter,
+    which gpytorch adds. Both are handled by the libraries; surfacing them only adds noise.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizationWarning)
+        warnings.simplefilter("ignore", NumericalWarning)
+        warnings.filterwarnings("ignore", "Optimization failed", RuntimeWarning)
+        yield
+
+
 def _optimize_gp(
     acq: qEIG,
     space: DesignSpace,
@@ -142,28 +162,32 @@ def _optimize_gp(
     train_y, train_se = evaluate(train_x)
 
     def fit() -> SingleTaskGP:
-        yvar = train_se.pow(2).clamp_min(1e-6 * train_y.var().clamp_min(1e-12))
+        yvar = train_se.pow(2).clamp_min(1e-4 * train_y.var().clamp_min(1e-12))  # floor: 1% of sd
         model = SingleTaskGP(
             train_x, train_y, train_Yvar=yvar,
             input_transform=Normalize(train_x.shape[-1], bounds=bounds),
             outcome_transform=Standardize(1),
         )
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        with _routine_bo_warnings_silenced():
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         return model
 
     while train_x.shape[0] < num_evaluations:
         model = fit()
-        ei = qLogNoisyExpectedImprovement(model, X_baseline=train_x, prune_baseline=True)
+        with _routine_bo_warnings_silenced():
+            ei = qLogNoisyExpectedImprovement(model, X_baseline=train_x, prune_baseline=True)
         if isinstance(space, Candidates):
             new, _ = optimize_acqf_discrete(ei, q=1, choices=choices, X_avoid=train_x)
         else:
-            new, _ = optimize_acqf(ei, bounds, 1, num_restarts=num_restarts,
-                                   raw_samples=raw_samples)
+            with _routine_bo_warnings_silenced():
+                new, _ = optimize_acqf(
+                    ei, bounds, 1, num_restarts=num_restarts, raw_samples=raw_samples
+                )
         new_y, new_se = evaluate(new.detach())
         train_x = torch.cat([train_x, new.detach()])
         train_y, train_se = torch.cat([train_y, new_y]), torch.cat([train_se, new_se])
     model = fit()
-    with torch.no_grad():
+    with torch.no_grad(), _routine_bo_warnings_silenced():
         mean = model.posterior(train_x).mean.squeeze(-1)  # (n,)
     best = train_x[mean.argmax()].reshape(q, d)
     return best.to(acq.theta)
