@@ -314,6 +314,11 @@ class SequentialDesign:
                 "condition_options": self.condition_options,
                 "optimize_options": self.optimize_options,
                 "simulator": type(self.simulator).__name__,
+                "design_bounds": (
+                    self.exp.design_space.bounds.tolist()
+                    if hasattr(self.exp.design_space, "bounds")
+                    else None
+                ),
             }
         )
 

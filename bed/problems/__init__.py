@@ -11,13 +11,27 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+from torch import Tensor
+
+from bed.eig import total
 from bed.experiment import Experiment
 from bed.problems import location_finding as _lf
 
-__all__ = ["Problem", "available", "describe", "get", "location_finding"]
+__all__ = [
+    "Problem",
+    "available",
+    "describe",
+    "get",
+    "location_finding",
+    "prior_choices",
+    "random_rollouts",
+    "total_eig",
+]
 
 location_finding = _lf
 
@@ -71,10 +85,11 @@ def _location_finding(prior: str = "sources-2x2") -> Problem:
     )
 
 
-_REGISTRY: dict[str, tuple[Callable[..., Problem], str]] = {
+_REGISTRY: dict[str, tuple[Callable[..., Problem], str, tuple[str, ...]]] = {
     "location-finding": (
         _location_finding,
         "K=2 sources in 2-D, y ~ N(log(b + sum_k 1/(m + |theta_k - xi|^2)), 0.5^2), T=30",
+        ("sources-2x2", "gaussian"),
     ),
 }
 
@@ -86,7 +101,15 @@ def available() -> list[str]:
 
 def describe() -> dict[str, str]:
     """One line about each registered problem, by name."""
-    return {name: doc for name, (_, doc) in sorted(_REGISTRY.items())}
+    return {name: doc for name, (_, doc, _) in sorted(_REGISTRY.items())}
+
+
+def prior_choices(name: str) -> tuple[str, ...]:
+    """The ``prior=`` values problem ``name`` accepts (the first is the default)."""
+    get_checked = _REGISTRY.get(name)
+    if get_checked is None:
+        raise ValueError(f"unknown problem {name!r}; available: {', '.join(available())}")
+    return get_checked[2]
 
 
 def get(name: str, **options) -> Problem:
@@ -98,3 +121,57 @@ def get(name: str, **options) -> Problem:
     if name not in _REGISTRY:
         raise ValueError(f"unknown problem {name!r}; available: {', '.join(available())}")
     return _REGISTRY[name][0](**options)
+
+
+def total_eig(
+    problem: Problem,
+    designs: Tensor,
+    observations: Tensor,
+    theta_true: Tensor,
+    num_inner: int,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """sPCE lower and sNMC upper bounds on the total EIG of ``R`` finished rollouts.
+
+    Contrasts are ``num_inner`` fresh draws from the problem's prior (``bed.eig.total``).
+
+    Args:
+        problem: the problem whose prior and likelihood score the rollouts.
+        designs: `R x T x d`; observations: `R x T x *obs`; theta_true: `R x *event`.
+        num_inner: ``L`` contrastive prior samples.
+        generator: randomness for the contrasts.
+
+    Returns:
+        a dict with ``spce``, ``spce_se``, ``snmc``, ``snmc_se`` (standard errors over the
+        rollouts), ``num_runs``, ``num_inner`` and ``ceiling`` = ``log(L + 1)``.
+    """
+    b = total(
+        problem.experiment, designs, observations, theta_true, num_inner, generator=generator
+    )
+    out = {k: float(v) for k, v in b._asdict().items()}
+    out.update(num_runs=int(theta_true.shape[0]), num_inner=int(num_inner),
+               ceiling=math.log(num_inner + 1))
+    return out
+
+
+def random_rollouts(
+    problem: Problem, theta_true: Tensor, steps: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The random-design baseline: ``steps`` designs per rollout from
+    ``problem.random_designs``, measured by ``problem.simulator`` at each ``theta_true``.
+
+    Args:
+        theta_true: `R x *event` true parameters.
+        steps: ``T``.
+        generator: randomness for designs and measurement noise.
+
+    Returns:
+        designs `R x T x d` and observations `R x T x *obs`.
+    """
+    if problem.random_designs is None:
+        raise ValueError(f"problem {problem.name!r} defines no random-design baseline")
+    r = theta_true.shape[0]
+    designs = problem.random_designs((r, steps), generator, like=theta_true)  # (R, T, d)
+    th = theta_true.reshape(r, 1, *theta_true.shape[1:])  # (R, 1, *event)
+    obs = problem.simulator(th, designs, generator)  # (R, T, *obs)
+    return designs, obs
