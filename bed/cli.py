@@ -44,7 +44,7 @@ def run(
     device: str = typer.Option("cpu", help="torch device: cpu or cuda."),
     seed: int = typer.Option(0, help="Seed of the run (theta_true and every step)."),
     out: Path = typer.Option(Path("run.nc"), help="The netCDF record, written every step."),
-    plot: Optional[Path] = typer.Option(Path("run.png"), help="Figure of the run ('' for none)."),
+    plot: str = typer.Option("run.png", help="Figure of the run ('' for none)."),
     num_samples: Optional[int] = typer.Option(None, help="Posterior samples per step."),
     resume: bool = typer.Option(False, help="Continue the record at --out up to --steps."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -78,8 +78,8 @@ def run(
         f"{ds.sizes['step']} steps in {time.perf_counter() - t0:.1f} s; record {out}"
         + (f"; final EIG {float(ds['eig'].values[-1]):.3f}" if ds.sizes["step"] else "")
     )
-    if plot is not None and str(plot):
-        plot_run(records.load(out), plot)
+    if plot:
+        plot_run(records.load(out), Path(plot))
         typer.echo(f"plot {plot}")
 
 
