@@ -10,12 +10,12 @@ Examples::
     bed prior sample sources-2x2 --n 1000 --out prior.png
 """
 
+# ruff: noqa: B008  (typer declares options as argument defaults)
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -38,14 +38,14 @@ def _fail(message: str) -> None:
 @app.command()
 def run(
     problem: str = typer.Argument(..., help="A problem name (see `bed list`)."),
-    steps: Optional[int] = typer.Option(None, help="Design steps (default: the horizon)."),
+    steps: int | None = typer.Option(None, help="Design steps (default: the horizon)."),
     method: str = typer.Option("ess", help="Conditioning method."),
-    prior: Optional[str] = typer.Option(None, help="Prior (default: the problem's)."),
+    prior: str | None = typer.Option(None, help="Prior (default: the problem's)."),
     device: str = typer.Option("cpu", help="torch device: cpu or cuda."),
     seed: int = typer.Option(0, help="Seed of the run (theta_true and every step)."),
     out: Path = typer.Option(Path("run.nc"), help="The netCDF record, written every step."),
     plot: str = typer.Option("run.png", help="Figure of the run ('' for none)."),
-    num_samples: Optional[int] = typer.Option(None, help="Posterior samples per step."),
+    num_samples: int | None = typer.Option(None, help="Posterior samples per step."),
     resume: bool = typer.Option(False, help="Continue the record at --out up to --steps."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -105,7 +105,7 @@ def list_() -> None:
 @app.command("plot")
 def plot_cmd(
     run: Path = typer.Argument(..., help="A run record (netCDF)."),
-    out: Optional[Path] = typer.Option(None, help="Output PNG (default: RUN with .png)."),
+    out: Path | None = typer.Option(None, help="Output PNG (default: RUN with .png)."),
     panels: int = typer.Option(6, help="How many steps to draw."),
 ) -> None:
     """Plot posterior samples per step with the designs and theta_true, and EIG per step."""
@@ -123,14 +123,14 @@ def plot_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    runs: List[Path] = typer.Argument(..., help="Run records of one problem (with theta_true)."),
+    runs: list[Path] = typer.Argument(..., help="Run records of one problem (with theta_true)."),
     num_inner: int = typer.Option(100_000, help="L, contrastive prior samples."),
-    prior: Optional[str] = typer.Option(
+    prior: str | None = typer.Option(
         None, help="Prior for the contrasts (default: the prior the runs used)."
     ),
     seed: int = typer.Option(0, help="Seed of the contrasts and the random baseline."),
     random: bool = typer.Option(True, help="Also score the random-design baseline."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the results here."),
 ) -> None:
     """sPCE lower / sNMC upper bounds on the total EIG of RUNS' designs, with a random baseline.
 

@@ -37,8 +37,9 @@ import inspect
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -416,9 +417,7 @@ class SequentialDesign:
                 # L-BFGS-B sometimes stops ABNORMAL on a peaked EIG surface; BoTorch then warns
                 # and retries from new starts by itself, so the warning carries no news.
                 warnings.filterwarnings("ignore", "Optimization failed", RuntimeWarning)
-                design = optimize_design(
-                    acq, self.exp.design_space, q=1, **self.optimize_options
-                )
+                design = optimize_design(acq, self.exp.design_space, q=1, **self.optimize_options)
         design = design.detach().reshape(-1).to(theta)  # (d,)
         eig, se = self._eig_of(t, design, theta)
         return design, eig, se
@@ -499,9 +498,7 @@ class SequentialDesign:
             eig_stderr=se,
             posterior=theta,
             posterior_source=(
-                None
-                if self.record.source_shape is None
-                else self._source_of(t, post, theta)
+                None if self.record.source_shape is None else self._source_of(t, post, theta)
             ),
             timings={**timings, "record": provisional},
         )
@@ -603,7 +600,7 @@ class SequentialDesign:
         return self.dataset
 
     @classmethod
-    def from_problem(cls, problem, **kwargs) -> "SequentialDesign":
+    def from_problem(cls, problem, **kwargs) -> SequentialDesign:
         """A loop on a ``bed.problems.Problem`` with its tuned ``loop_defaults``.
 
         Args:
@@ -630,7 +627,7 @@ class SequentialDesign:
         simulator: Callable | Simulator | Instrument | None = None,
         exp: Experiment | None = None,
         **overrides,
-    ) -> "SequentialDesign":
+    ) -> SequentialDesign:
         """Continue the run recorded at ``path``.
 
         The configuration (method, seed, sample counts, options) comes from the record;
@@ -696,4 +693,3 @@ class SequentialDesign:
 class _NamedProblem:
     def __init__(self, name: str, options: dict) -> None:
         self.name, self.options = name, options
-

@@ -9,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
 __all__ = ["plot_prior_samples", "plot_run"]
 
@@ -61,8 +61,9 @@ def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6
         ax.scatter(post[:, 0], post[:, 1], s=3, alpha=0.3, color="tab:blue", label="posterior")
         if designs.shape[1] == 2:
             ax.scatter(designs[:t, 0], designs[:t, 1], s=12, color="0.5", label="earlier designs")
-            ax.scatter(designs[t, 0], designs[t, 1], s=60, marker="x", color="tab:red",
-                       label="design")
+            ax.scatter(
+                designs[t, 0], designs[t, 1], s=60, marker="x", color="tab:red", label="design"
+            )
         if theta is not None:
             th = _points(theta[None])
             ax.scatter(th[:, 0], th[:, 1], s=90, marker="*", color="k", label="theta_true")
@@ -85,8 +86,9 @@ def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6
     return fig
 
 
-def plot_prior_samples(samples: np.ndarray, path: str | Path | None = None,
-                       title: str = "") -> Figure:
+def plot_prior_samples(
+    samples: np.ndarray, path: str | Path | None = None, title: str = ""
+) -> Figure:
     """Scatter `n x *event` prior samples in 2-D (each `x 2` row a point).
 
     Args:

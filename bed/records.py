@@ -35,9 +35,10 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,7 +181,10 @@ class RunRecord:
                 ("step",),
                 np.array([s["eig_stderr"] for s in self.steps], dtype=np.float64),
             ),
-            "posterior": (("step", "sample", *ev), self._stack("posterior", (num, *self.event_shape))),
+            "posterior": (
+                ("step", "sample", *ev),
+                self._stack("posterior", (num, *self.event_shape)),
+            ),
         }
         if self.source_shape is not None:
             src = _names("source", self.source_shape)
@@ -206,7 +210,7 @@ class RunRecord:
         return xr.Dataset(data, coords={"step": np.arange(n)}, attrs=attrs)
 
     @classmethod
-    def from_dataset(cls, ds: xr.Dataset) -> "RunRecord":
+    def from_dataset(cls, ds: xr.Dataset) -> RunRecord:
         """Rebuild the in-memory record from a dataset written by ``to_dataset``."""
         missing = [k for k in ("design", "observation", "posterior", "eig") if k not in ds]
         if missing or "event_shape" not in ds.attrs:

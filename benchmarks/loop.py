@@ -31,13 +31,13 @@ from pathlib import Path
 # Run as a script, this folder heads sys.path and its priors.py would shadow the priors package.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import bed.problems  # noqa: E402
-from bed import records  # noqa: E402
-from bed.loop import SequentialDesign  # noqa: E402
-from bed.records import PHASES  # noqa: E402
+import bed.problems
+from bed import records
+from bed.loop import SequentialDesign
+from bed.records import PHASES
 
 REFERENCE = {  # methods.md §10.2, L = 5e5, 2048 rollouts (RL: L = 1e6)
     "random (published)": 8.303,
@@ -72,16 +72,22 @@ def evaluate(truth, loop_d, loop_y, theta, num_inner, seed):
 def table(result) -> str:
     ev, t = result["eig"], result["timing"]
     lines = [
-        f"Location finding, T = {result['steps']}, {ev['loop']['num_runs']} rollouts, "
-        f"L = {ev['loop']['num_inner']} (sPCE ceiling log(L+1) = {ev['loop']['ceiling']:.3f}), "
-        f"prior {result['prior']}, {result['threads']} thread(s) on {result['machine']}",
+        (
+            f"Location finding, T = {result['steps']}, {ev['loop']['num_runs']} rollouts, "
+            f"L = {ev['loop']['num_inner']} (sPCE ceiling log(L+1) = {ev['loop']['ceiling']:.3f}), "
+            f"prior {result['prior']}, {result['threads']} thread(s) on {result['machine']}"
+        ),
         "",
         "| designs | sPCE (lower) | sNMC (upper) | s / step |",
         "|---|---|---|---|",
-        f"| bed loop (ESS-Flow + qEIG) | {ev['loop']['spce']:.3f} ± {ev['loop']['spce_se']:.3f} "
-        f"| {ev['loop']['snmc']:.3f} ± {ev['loop']['snmc_se']:.3f} | {t['total']:.2f} |",
-        f"| random (xi ~ N(0, I_2)) | {ev['random']['spce']:.3f} ± {ev['random']['spce_se']:.3f}"
-        f" | {ev['random']['snmc']:.3f} ± {ev['random']['snmc_se']:.3f} | — |",
+        (
+            f"| bed loop (ESS-Flow + qEIG) | {ev['loop']['spce']:.3f} ± {ev['loop']['spce_se']:.3f} "
+            f"| {ev['loop']['snmc']:.3f} ± {ev['loop']['snmc_se']:.3f} | {t['total']:.2f} |"
+        ),
+        (
+            f"| random (xi ~ N(0, I_2)) | {ev['random']['spce']:.3f} ± {ev['random']['spce_se']:.3f}"
+            f" | {ev['random']['snmc']:.3f} ± {ev['random']['snmc_se']:.3f} | — |"
+        ),
     ]
     for k, v in REFERENCE.items():
         lines.append(f"| {k}, L = 5e5 | {v:.2f} | | |")
@@ -131,8 +137,12 @@ def main() -> None:
         print(f"run {r}: {total[-1]:.2f} s/step", flush=True)
         if (r + 1) % args.eval_every == 0 or r + 1 == args.runs:
             ev = evaluate(
-                truth, torch.stack(designs), torch.stack(obs), torch.stack(thetas),
-                args.num_inner, 12345,
+                truth,
+                torch.stack(designs),
+                torch.stack(obs),
+                torch.stack(thetas),
+                args.num_inner,
+                12345,
             )
             mean_total = float(np.mean(total))
             result = {
@@ -155,7 +165,8 @@ def main() -> None:
                 "wall_seconds": time.perf_counter() - t_start,
                 "versions": records.versions(),
                 "reference": REFERENCE,
-                "command": "python benchmarks/loop.py " + " ".join(
+                "command": "python benchmarks/loop.py "
+                + " ".join(
                     f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"
                 ),
             }

@@ -23,9 +23,23 @@ def two_runs(tmp_path_factory):
     paths = []
     for seed in (0, 1):
         out, png = tmp / f"r{seed}.nc", tmp / f"r{seed}.png"
-        res = invoke("run", "location-finding", "--steps", 3, "--prior", "gaussian",
-                     "--seed", seed, "--out", out, "--plot", png, "--num-samples", 32,
-                     "--no-progress")
+        res = invoke(
+            "run",
+            "location-finding",
+            "--steps",
+            3,
+            "--prior",
+            "gaussian",
+            "--seed",
+            seed,
+            "--out",
+            out,
+            "--plot",
+            png,
+            "--num-samples",
+            32,
+            "--no-progress",
+        )
         assert res.exit_code == 0, res.output
         assert "3 steps" in res.output and png.stat().st_size > 0
         paths.append(out)
@@ -61,14 +75,25 @@ def test_run_resume_continues_to_steps(two_runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "r.nc"
     out.write_bytes(two_runs[0].read_bytes())
-    res = invoke("run", "location-finding", "--steps", 4, "--out", out, "--plot", "",
-                 "--resume", "--no-progress")
+    res = invoke(
+        "run",
+        "location-finding",
+        "--steps",
+        4,
+        "--out",
+        out,
+        "--plot",
+        "",
+        "--resume",
+        "--no-progress",
+    )
     assert res.exit_code == 0, res.output
     ds = records.load(out)
     assert ds.sizes["step"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.nc"]  # --plot '' draws nothing
-    np.testing.assert_array_equal(ds["design"].values[:3],
-                                  records.load(two_runs[0])["design"].values)
+    np.testing.assert_array_equal(
+        ds["design"].values[:3], records.load(two_runs[0])["design"].values
+    )
 
 
 def test_plot_and_eval(two_runs, tmp_path):

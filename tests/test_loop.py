@@ -100,8 +100,11 @@ def test_record_contents(problem, tmp_path):
 def test_simulator_raising_stops_with_step_and_design_then_resume(problem, reference, tmp_path):
     path = tmp_path / "run.nc"
     sd = make(problem, FailAt(problem, 2, "raise"), seed=3, record=path)
-    with pytest.raises(StepError, match=r"step 2, design \[.*\]: the simulator raised "
-                                        r"RuntimeError: instrument offline") as info:
+    with pytest.raises(
+        StepError,
+        match=r"step 2, design \[.*\]: the simulator raised "
+        r"RuntimeError: instrument offline",
+    ) as info:
         sd.run(4, progress=False)
     assert info.value.step == 2
     np.testing.assert_allclose(info.value.design, reference[2], rtol=1e-6)
@@ -265,7 +268,9 @@ def test_theta_true_given_and_existing_record(problem, tmp_path):
     assert torch.equal(sd.theta_true, theta)
     with pytest.raises(FileExistsError, match="SequentialDesign.resume"):
         make(problem, record=path)
-    with pytest.raises(ValueError, match=r"theta_true: expected a tensor of shape \(\.\.\., 2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"theta_true: expected a tensor of shape \(\.\.\., 2, 2\)"
+    ):
         make(problem, theta_true=torch.zeros(3))
     sd = make(problem, record=path, overwrite=True)
     assert sd.num_steps == 0

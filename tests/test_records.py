@@ -49,9 +49,7 @@ def runs(draw):
             eig_stderr=draw(st.floats(0, 1)),
             posterior=_array(draw, (num, *event_shape), dt["post"]),
             posterior_source=(
-                None
-                if source_shape is None
-                else _array(draw, (num, *source_shape), dt["src"])
+                None if source_shape is None else _array(draw, (num, *source_shape), dt["src"])
             ),
             timings={p: draw(st.floats(0, 5)) for p in PHASES},
         )
@@ -134,13 +132,19 @@ def test_bad_values_give_clear_errors(tmp_path):
     rec = _small_record(1)
     with pytest.raises(ValueError, match=r"record design: expected shape \(2,\)"):
         rec.append(
-            design=np.zeros(3, np.float32), observation=np.float32(0), eig=0, eig_stderr=0,
+            design=np.zeros(3, np.float32),
+            observation=np.float32(0),
+            eig=0,
+            eig_stderr=0,
             posterior=np.zeros((3, 2, 2), np.float32),
             posterior_source=np.zeros((3, 2, 2), np.float32),
         )
     with pytest.raises(ValueError, match="every step must hold 3 samples"):
         rec.append(
-            design=np.zeros(2, np.float32), observation=np.float32(0), eig=0, eig_stderr=0,
+            design=np.zeros(2, np.float32),
+            observation=np.float32(0),
+            eig=0,
+            eig_stderr=0,
             posterior=np.zeros((4, 2, 2), np.float32),
             posterior_source=np.zeros((4, 2, 2), np.float32),
         )

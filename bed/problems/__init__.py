@@ -12,8 +12,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -149,8 +150,11 @@ def total_eig(
         problem.experiment, designs, observations, theta_true, num_inner, generator=generator
     )
     out = {k: float(v) for k, v in b._asdict().items()}
-    out.update(num_runs=int(theta_true.shape[0]), num_inner=int(num_inner),
-               ceiling=math.log(num_inner + 1))
+    out.update(
+        num_runs=int(theta_true.shape[0]),
+        num_inner=int(num_inner),
+        ceiling=math.log(num_inner + 1),
+    )
     return out
 
 

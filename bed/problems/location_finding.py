@@ -29,13 +29,13 @@ from bed.design_space import Box
 from bed.experiment import Experiment
 
 __all__ = [
-    "LocationFinding",
-    "location_finding",
-    "signal",
-    "random_designs",
-    "spce_ceiling",
     "NUM_SOURCES",
     "STEPS",
+    "LocationFinding",
+    "location_finding",
+    "random_designs",
+    "signal",
+    "spce_ceiling",
 ]
 
 NUM_SOURCES = 2  # K
@@ -91,9 +91,7 @@ def random_designs(shape, generator: torch.Generator | None = None, like: Tensor
         `(*shape, 2)` designs.
     """
     like = torch.zeros(()) if like is None else like
-    z = torch.randn(
-        (*shape, SPACE_DIM), generator=generator, device=like.device, dtype=like.dtype
-    )
+    z = torch.randn((*shape, SPACE_DIM), generator=generator, device=like.device, dtype=like.dtype)
     return z.clamp(-BOX, BOX)
 
 
