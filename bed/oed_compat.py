@@ -8,10 +8,10 @@ tracing the model with the target site conditioned on ``theta``.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-import pyro.poutine as poutine
 import torch
+from pyro import poutine
 from pyro.distributions import TorchDistribution
 from torch import Tensor
 

@@ -19,10 +19,10 @@ import warnings
 
 import torch
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.exceptions.warnings import OptimizationWarning
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.transforms import Normalize, Standardize
-from botorch.exceptions.warnings import OptimizationWarning
 from botorch.optim import optimize_acqf, optimize_acqf_discrete, optimize_acqf_mixed
 from botorch.utils.sampling import draw_sobol_samples
 from gpytorch.mlls import ExactMarginalLogLikelihood
@@ -89,11 +89,14 @@ def optimize_design(
         raise TypeError(f"design_space: no optimizer for {type(space).__name__}")
     bounds = space.bounds.to(ref)  # (2, d)
     fixed_features_list = options.pop("fixed_features_list", None)
-    kw = dict(num_restarts=num_restarts, raw_samples=raw_samples, options=options or None)
-    if fixed_features_list is not None:
-        x, _ = optimize_acqf_mixed(acq, bounds, q, fixed_features_list=fixed_features_list, **kw)
-    else:
-        x, _ = optimize_acqf(acq, bounds, q, **kw)
+    kw = {"num_restarts": num_restarts, "raw_samples": raw_samples, "options": options or None}
+    with _routine_bo_warnings_silenced():  # L-BFGS-B retries on a Monte Carlo objective
+        if fixed_features_list is not None:
+            x, _ = optimize_acqf_mixed(
+                acq, bounds, q, fixed_features_list=fixed_features_list, **kw
+            )
+        else:
+            x, _ = optimize_acqf(acq, bounds, q, **kw)
     return x.detach().clamp(bounds[0], bounds[1])  # (q, d)
 
 
@@ -139,7 +142,7 @@ def _optimize_gp(
             f"got {num_initial}"
         )
     d = space.dim
-    f64 = dict(dtype=torch.float64, device=acq.theta.device)
+    f64 = {"dtype": torch.float64, "device": acq.theta.device}
     if isinstance(space, Candidates):
         if q != 1:
             raise ValueError("surrogate='gp' over Candidates supports q = 1 only")
