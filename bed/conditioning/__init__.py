@@ -6,7 +6,11 @@ One entry point, :func:`condition`, dispatches to a registry of methods (one mod
   (:mod:`bed.conditioning.ess`);
 - ``"nuts"``: Pyro NUTS in source space, the classical baseline (:mod:`bed.conditioning.nuts`);
 - ``"exact"``: closed form for a Gaussian prior and linear-Gaussian observations
-  (:mod:`bed.conditioning.exact`).
+  (:mod:`bed.conditioning.exact`);
+- ``"smc"``: twisted Feynman-Kac SMC for diffusion priors (:mod:`bed.conditioning.smc`);
+- ``"dps"``: diffusion posterior sampling, the biased baseline (:mod:`bed.conditioning.dps`);
+- ``"fbs"``: forward-backward bridging Gibbs-CSMC for coordinate-subset observations
+  (:mod:`bed.conditioning.fbs`).
 
 A new method module registers ``run(problem, *, option=...) -> Posterior`` with
 ``@bed.conditioning.base.register("name")`` and is imported below.
@@ -20,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bed.conditioning import ess, exact, nuts  # noqa: F401  (registers the methods)
+from bed.conditioning import dps, ess, exact, fbs, nuts, smc  # noqa: F401  (registration)
 from bed.conditioning.base import (
     Posterior,
     Problem,
