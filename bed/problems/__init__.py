@@ -3,7 +3,7 @@
 Example:
     >>> import bed.problems
     >>> bed.problems.available()
-    ['location-finding']
+    ['ces', 'location-finding', 'pharmacokinetics', 'sensor-placement']
     >>> p = bed.problems.get("location-finding", prior="gaussian")
     >>> p.experiment.event_shape, p.steps
     (torch.Size([2, 2]), 30)
@@ -21,20 +21,27 @@ from torch import Tensor
 
 from bed.eig import total
 from bed.experiment import Experiment
+from bed.problems import ces as _ces
 from bed.problems import location_finding as _lf
+from bed.problems import pharmacokinetics as _pk
+from bed.problems import sensor_placement as _sp
 
 __all__ = [
     "Problem",
     "available",
+    "ces",
     "describe",
     "get",
     "location_finding",
+    "pharmacokinetics",
     "prior_choices",
     "random_rollouts",
+    "sensor_placement",
     "total_eig",
 ]
 
 location_finding = _lf
+ces, pharmacokinetics, sensor_placement = _ces, _pk, _sp
 
 
 @dataclass
@@ -179,3 +186,84 @@ def random_rollouts(
     th = theta_true.reshape(r, 1, *theta_true.shape[1:])  # (R, 1, *event)
     obs = problem.simulator(th, designs, generator)  # (R, T, *obs)
     return designs, obs
+
+
+# ----------------------------------------------------------------------------- more problems
+# (bed/problems/ces.py, pharmacokinetics.py, sensor_placement.py; registered below)
+
+
+def _ces_problem(prior: str = "ces") -> Problem:
+    return Problem(
+        name="ces",
+        experiment=_ces.ces(prior),
+        simulator=_ces.CES(),
+        steps=_ces.STEPS,
+        options={"prior": prior},
+        random_designs=_ces.random_designs,
+        random_designs_doc="both baskets uniform on [0, 100]^3",
+        priors=("ces",),
+        loop_defaults={
+            "num_samples": 128,
+            "condition_options": {"warmup": 20},
+            "optimize_options": {"num_restarts": 4, "raw_samples": 128},
+        },
+    )
+
+
+def _pharmacokinetics_problem(prior: str = "gaussian", steps: int = _pk.STEPS) -> Problem:
+    if int(steps) < 1:
+        raise ValueError(f"pharmacokinetics: steps must be >= 1 (published: 5, 10), got {steps}")
+    return Problem(
+        name="pharmacokinetics",
+        experiment=_pk.pharmacokinetics(prior),
+        simulator=_pk.Pharmacokinetics(),
+        steps=int(steps),
+        options={"prior": prior, "steps": int(steps)},
+        random_designs=_pk.random_designs,
+        random_designs_doc="sampling times uniform on [0, 24] h",
+        priors=("gaussian",),
+        loop_defaults={
+            "num_samples": 128,
+            "condition_options": {"warmup": 20},
+            "optimize_options": {"num_restarts": 4, "raw_samples": 64},
+        },
+    )
+
+
+def _sensor_placement_problem(prior: str = "gp") -> Problem:
+    return Problem(
+        name="sensor-placement",
+        experiment=_sp.sensor_placement(prior),
+        simulator=_sp.SensorPlacement(),
+        steps=_sp.STEPS,
+        options={"prior": prior},
+        random_designs=_sp.random_designs,
+        random_designs_doc="sensors uniform on [0, 1]^2",
+        priors=_sp.prior_names(),
+        loop_defaults={
+            "num_samples": 64,
+            "condition_options": {"warmup": 10},
+            "optimize_options": {"num_restarts": 2, "raw_samples": 32},
+        },
+    )
+
+
+_REGISTRY.update(
+    {
+        "ces": (
+            _ces_problem,
+            "CES preferences between two baskets in [0, 100]^3, censored sigmoid y, T=10",
+            ("ces",),
+        ),
+        "pharmacokinetics": (
+            _pharmacokinetics_problem,
+            "sampling time in [0, 24] h, y ~ N(c, (0.1 c)^2 + 0.1), T=5 (option steps=10)",
+            ("gaussian",),
+        ),
+        "sensor-placement": (
+            _sensor_placement_problem,
+            "32x32 log-permeability field, Darcy pressure sensor in [0, 1]^2, sigma=0.01, T=10",
+            _sp.prior_names(),
+        ),
+    }
+)
