@@ -171,7 +171,10 @@ class CensoredSigmoidNormal(TorchDistribution):
         batch_shape = torch.Size(batch_shape)
         new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
         new.low, new.high, new.eta_low, new.eta_high = (
-            self.low, self.high, self.eta_low, self.eta_high
+            self.low,
+            self.high,
+            self.eta_low,
+            self.eta_high,
         )
         super(CensoredSigmoidNormal, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args

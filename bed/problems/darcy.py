@@ -62,7 +62,11 @@ def transmissibilities(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ty = 2 * k[..., 1:, :] * k[..., :-1, :] / (k[..., 1:, :] + k[..., :-1, :])
     diag = torch.zeros_like(k)
     diag = diag + torch.nn.functional.pad(tx, (1, 0)) + torch.nn.functional.pad(tx, (0, 1))
-    diag = diag + torch.nn.functional.pad(ty, (0, 0, 1, 0)) + torch.nn.functional.pad(ty, (0, 0, 0, 1))
+    diag = (
+        diag
+        + torch.nn.functional.pad(ty, (0, 0, 1, 0))
+        + torch.nn.functional.pad(ty, (0, 0, 0, 1))
+    )
     wall = torch.zeros_like(k)
     wall[..., :, 0] += 1
     wall[..., :, -1] += 1

@@ -157,4 +157,3 @@ def peak_time(theta: Tensor) -> Tensor:
     """``log(k_a / k_e) / (k_a - k_e)``, the time of the concentration peak, `(...)`."""
     k_a, k_e, _ = theta.exp().unbind(-1)
     return (k_a.log() - k_e.log()) / (k_a - k_e)
-
