@@ -48,13 +48,19 @@ def run(
     num_samples: int | None = typer.Option(None, help="Posterior samples per step."),
     resume: bool = typer.Option(False, help="Continue the record at --out up to --steps."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    threads: int = typer.Option(
+        1, help="torch CPU threads (the loop's tensors are small: more threads mostly contend)."
+    ),
 ) -> None:
     """Run sequential design on PROBLEM against its simulator; write the record and a plot."""
+    import torch
+
     import bed.problems
     from bed import records
     from bed.loop import SequentialDesign, StepError
     from bed.plotting import plot_run
 
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
         if resume:
