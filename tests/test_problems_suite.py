@@ -14,7 +14,8 @@ from scipy import stats
 import bed.problems
 from bed.eig import pce
 from bed.loop import SequentialDesign
-from bed.problems import ces, pharmacokinetics as pk
+from bed.problems import ces
+from bed.problems import pharmacokinetics as pk
 
 F64 = torch.float64
 
