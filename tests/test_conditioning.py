@@ -426,3 +426,45 @@ def test_ess_zero_likelihood_everywhere_raises():
     )
     with pytest.raises(ValueError, match="non-zero likelihood"):
         bed.condition(box, torch.zeros(1, 1), torch.tensor([30.0]), "ess", 10, init_tries=3)
+
+
+def test_exact_gaussian_mixture_matches_brute_force():
+    """methods.md 7.1: a bimodal 2-D mixture posterior, per-component Kalman update and
+    evidence-reweighted components, against the information form and exact SNIS."""
+    w0 = torch.tensor([0.5, 0.3, 0.2])
+    locs = torch.tensor([[-2.0, 0.0], [2.0, 0.5], [0.0, 2.0]])
+    covs = torch.stack([0.5 * torch.eye(2), torch.tensor([[0.6, 0.2], [0.2, 0.4]]), torch.eye(2)])
+    prior = priors.analytic.GaussianMixture(w0, locs, covs)
+    exp = bed.Experiment(
+        prior,
+        lambda t, xi: dist.Normal((t * xi).sum(-1) + 0.3, 0.5),
+        bed.Box([-2.0, -2.0], [2.0, 2.0]),
+    )
+    designs, y = torch.tensor([[0.0, 1.0]]), torch.tensor([0.6])  # y ~ theta_1: x_0 bimodal
+    gen = torch.Generator().manual_seed(0)
+    post = bed.condition(exp, designs, y, "exact", 20000, generator=gen)
+    a, yy, r = designs.double(), y.double() - 0.3, torch.full((1, 1), 0.25, dtype=torch.float64)
+    log_w, ms, ss = [], [], []
+    for k in range(3):
+        m0, s0 = locs[k].double(), covs[k].double()
+        prec = torch.linalg.inv(s0) + a.mT @ torch.linalg.solve(r, a)
+        s = torch.linalg.inv(prec)
+        ms.append(s @ (torch.linalg.solve(s0, m0) + a.mT @ torch.linalg.solve(r, yy)))
+        ss.append(s)
+        ev = torch.distributions.MultivariateNormal(a @ m0, a @ s0 @ a.mT + r).log_prob(yy)
+        log_w.append(w0[k].double().log() + ev)
+    w = torch.stack(log_w).softmax(0)
+    d = post.diagnostics
+    torch.testing.assert_close(d["weights"].double(), w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(d["locs"].double(), torch.stack(ms), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        d["covariance_matrices"].double(), torch.stack(ss), atol=1e-5, rtol=1e-5
+    )
+    assert post.source is None and post.samples.shape == (20000, 2)
+    # the draws: mixture mean and covariance
+    m = (w[:, None] * torch.stack(ms)).sum(0)
+    second = (
+        w[:, None, None]
+        * (torch.stack(ss) + torch.stack(ms)[:, :, None] * torch.stack(ms)[:, None, :])
+    ).sum(0)
+    assert_moments(post.samples, m, second - m[:, None] * m[None], 20000)

@@ -2,8 +2,8 @@
 
 For r = 1..200: theta* ~ prior, y ~ p(y | theta*, xi) at 5 random designs, then 49 ESS draws
 from independent chains (100 warm-up iterations); the rank of each coordinate of theta* among
-the draws is uniform on 0..49 when the sampler is exact. Ranks go into 10 bins and a chi-square test per coordinate
-must give p > 0.01 / 4 (Bonferroni over the 4 coordinates: family-wise level 0.01).
+the draws is uniform on 0..49 when the sampler is exact. Ranks go into 10 bins and a chi-square
+test per coordinate must give p > 0.01 / 4 (Bonferroni over the 4 coordinates: family-wise level 0.01).
 """
 
 import pyro.distributions as dist

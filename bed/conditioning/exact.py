@@ -17,8 +17,9 @@ method then checks that the mean is affine (the random point is predicted by ``A
 theta, and raises a ValueError naming the failed check otherwise. The linear algebra runs in
 float64 (``S0 - K A S0`` cancels badly for informative data) and the results are cast back.
 
-The Gaussian-mixture prior branch (``priors.analytic.GaussianMixture``) is not implemented
-here: that prior did not exist when this module was written.
+For a Gaussian-mixture prior (``priors.analytic.GaussianMixture``) the same probe (at the
+mixture mean, steps of the mixture's standard deviation) gives ``A`` and ``R``, and each
+component is updated in closed form (methods.md section 7.1).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pyro.distributions import Independent
 from torch import Tensor
 from torch.distributions import MultivariateNormal, Normal
 
-from bed.conditioning.base import Posterior, Problem, available_methods, prior_posterior, register
+from bed.conditioning.base import Posterior, Problem, available_methods, register
 
 __all__ = ["gaussian_posterior", "probe_linear_gaussian", "run"]
 
@@ -58,17 +59,18 @@ def _mean_and_cov(lik, n: int, batch: int) -> tuple[Tensor, Tensor]:
     return mean.reshape(batch, -1), cov  # (B, P), (B, blocks, k, k)
 
 
-def probe_linear_gaussian(problem: Problem) -> tuple[Tensor, Tensor, Tensor]:
-    """Find ``A`` (`P x D`), the mean at the prior mean ``c`` (`P`) and ``R`` (`P x P`).
+def probe_linear_gaussian(
+    problem: Problem, m0: Tensor, s: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Find ``A`` (`P x D`), the mean ``c`` (`P`) at ``m0`` and ``R`` (`P x P`).
 
-    ``P = n * prod(obs_shape)``; the mean of the likelihood is ``c + A (theta - m0)``.
+    ``P = n * prod(obs_shape)``; the mean of the likelihood is ``c + A (theta - m0)``. Probes
+    are ``m0``, ``m0 + s_j e_j`` and ``m0 + s * v`` with ``v ~ N(0, I)`` (`D` each).
     """
-    prior, exp = problem.prior, problem.exp
-    m0 = prior.loc  # (D,)
+    exp = problem.exp
     d = m0.numel()
-    s = prior.covariance_matrix.diagonal().sqrt()  # (D,)
     v = torch.randn(d, generator=problem.generator, device=m0.device, dtype=m0.dtype)
-    check_point = m0 + prior.scale_tril @ v  # (D,)
+    check_point = m0 + s * v  # (D,)
     thetas = torch.cat([m0[None], m0 + torch.diag(s), check_point[None]])  # (D + 2, D)
     thetas = thetas.reshape((d + 2, 1) + tuple(exp.event_shape))  # (D + 2, 1, *event)
     n = problem.num_observations
@@ -101,7 +103,8 @@ def probe_linear_gaussian(problem: Problem) -> tuple[Tensor, Tensor, Tensor]:
 def gaussian_posterior(
     m0: Tensor, s0: Tensor, a: Tensor, c: Tensor, r: Tensor, y: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Posterior mean `D`, covariance `D x D` and log evidence of the linear-Gaussian model.
+    """Posterior mean `D`, covariance `D x D` and log evidence (a 0-dim tensor) of the
+    linear-Gaussian model.
 
     Args:
         m0: prior mean `D`; s0: prior covariance `D x D`.
@@ -123,42 +126,74 @@ def gaussian_posterior(
     return m, s, log_evidence
 
 
+def _sqrt(s: Tensor) -> Tensor:
+    """Symmetric square root of PSD `(..., D, D)` by ``eigh`` (robust when near-singular)."""
+    evals, evecs = torch.linalg.eigh(s)
+    return evecs * evals.clamp_min(0).sqrt()[..., None, :]
+
+
 @register("exact")
 def run(problem: Problem) -> Posterior:
-    """Exact posterior for a ``priors.analytic.Gaussian`` prior and linear-Gaussian likelihood.
+    """Exact posterior for a ``priors.analytic.Gaussian`` or ``priors.analytic.GaussianMixture``
+    prior and a linear-Gaussian likelihood.
 
-    Draws are ``m + S^{1/2} eps`` (symmetric square root by ``eigh``, robust when ``S`` is
-    near-singular) with ``eps`` from the problem's generator; ``source`` is ``prior.pull`` of
-    the draws. Diagnostics: ``loc`` (`D`), ``covariance_matrix`` (`D x D`), ``log_evidence``,
-    ``num_evals`` (probe thetas), ``wall_time``.
+    Gaussian: draws ``m + S^{1/2} eps`` with ``eps`` from the problem's generator; ``source`` is
+    ``prior.pull`` of the draws. Diagnostics: ``loc`` (`D`), ``covariance_matrix`` (`D x D`),
+    ``log_evidence``, ``num_evals`` (probe thetas), ``wall_time``.
+
+    Gaussian mixture (methods.md 7.1): component ``k`` is updated by the Kalman formulas above
+    and its weight becomes ``w_k N(y; A m_k + b, A S_k A^T + R)`` (normalised); draws pick a
+    component (multinomial) and then draw from it. ``source`` is ``None`` (the mixture's
+    ``push`` is an ODE). Diagnostics: ``weights`` (`K`), ``locs`` (`K x D`),
+    ``covariance_matrices`` (`K x D x D`), ``log_evidence``, ``num_evals``.
     """
-    from priors.analytic import Gaussian
+    from priors.analytic import Gaussian, GaussianMixture
 
-    prior = problem.prior
-    if not isinstance(prior, Gaussian):
+    prior, gen = problem.prior, problem.generator
+    if not isinstance(prior, (Gaussian, GaussianMixture)):
         raise TypeError(
-            f"condition(method='exact') needs a priors.analytic.Gaussian prior, got "
-            f"{type(prior).__name__}; available methods: {available_methods()}"
+            f"condition(method='exact') needs a priors.analytic.Gaussian or GaussianMixture "
+            f"prior, got {type(prior).__name__}; available methods: {available_methods()}"
         )
+    if isinstance(prior, Gaussian):
+        w0, m0, s0 = prior.loc.new_ones(1), prior.loc[None], prior.covariance_matrix[None]
+    else:
+        w0, m0, s0 = prior.weights, prior.locs, prior.covariance_matrices
+    d, num = m0.shape[1], problem.num_samples
     if problem.num_observations == 0:
-        post = prior_posterior(problem, "exact")
-        post.diagnostics.update(loc=prior.loc, covariance_matrix=prior.covariance_matrix)
-        return post
-    a, c, r = probe_linear_gaussian(problem)
-    y = problem.observations.reshape(-1)  # (P,)
-    m, s, log_evidence = gaussian_posterior(prior.loc, prior.covariance_matrix, a, c, r, y)
-    evals, evecs = torch.linalg.eigh(s)
-    root = evecs * evals.clamp_min(0).sqrt()  # (D, D), root @ root.T = S
-    d = m.numel()
-    eps = torch.randn(
-        (problem.num_samples, d), generator=problem.generator, device=m.device, dtype=m.dtype
-    )
-    flat = (m + eps @ root.mT).to(prior.dtype)  # (S, D)
-    theta = flat.reshape((problem.num_samples,) + tuple(prior.event_shape))
+        w, m, s, log_evidence = w0.double(), m0.double(), s0.double(), 0.0
+    else:
+        center = (w0[:, None] * m0).sum(0)  # (D,) prior mean
+        second = (w0[:, None, None] * (s0 + m0[:, :, None] * m0[:, None, :])).sum(0)
+        scale = (second.diagonal() - center.pow(2)).clamp_min(1e-12).sqrt()  # (D,) prior sd
+        a, c, r = probe_linear_gaussian(problem, center, scale)
+        y = problem.observations.reshape(-1)  # (P,)
+        c_k = c + (m0 - center) @ a.mT  # (K, P): the mean of y at each component mean
+        parts = [gaussian_posterior(m0[k], s0[k], a, c_k[k], r, y) for k in range(len(w0))]
+        m = torch.stack([p[0] for p in parts])  # (K, D)
+        s = torch.stack([p[1] for p in parts])  # (K, D, D)
+        log_w = w0.double().log() + torch.stack([p[2] for p in parts])  # (K,)
+        log_evidence = float(log_w.logsumexp(0))
+        w = (log_w - log_w.logsumexp(0)).exp()
+    comp = torch.multinomial(w.to(prior.dtype), num, replacement=True, generator=gen)  # (S,)
+    eps = torch.randn((num, d), generator=gen, device=m.device, dtype=m.dtype)
+    root = _sqrt(s)  # (K, D, D)
+    flat = (m[comp] + (root[comp] @ eps[:, :, None])[..., 0]).to(prior.dtype)  # (S, D)
+    theta = flat.reshape((num,) + tuple(prior.event_shape))
+    evals = 0 if problem.num_observations == 0 else d + 2
+    if isinstance(prior, Gaussian):
+        diagnostics = {
+            "loc": m[0].to(prior.dtype),
+            "covariance_matrix": s[0].to(prior.dtype),
+            "log_evidence": log_evidence,
+            "num_evals": evals,
+        }
+        return Posterior(theta, prior.pull(theta), diagnostics, "exact")
     diagnostics = {
-        "loc": m.to(prior.dtype),
-        "covariance_matrix": s.to(prior.dtype),
-        "log_evidence": float(log_evidence),
-        "num_evals": d + 2,
+        "weights": w.to(prior.dtype),
+        "locs": m.to(prior.dtype),
+        "covariance_matrices": s.to(prior.dtype),
+        "log_evidence": log_evidence,
+        "num_evals": evals,
     }
-    return Posterior(theta, prior.pull(theta), diagnostics, "exact")
+    return Posterior(theta, None, diagnostics, "exact")
