@@ -157,7 +157,7 @@ def run(
     Returns:
         A ``Posterior`` with ``source`` set. Diagnostics: ``ess_bulk``, ``rhat`` (on z),
         ``num_evals`` (gradient evaluations, all chains), ``mean_evals_per_step``,
-        ``accept_prob`` (mean, last step), ``divergences``, ``num_chains``,
+        ``divergences``, ``num_chains``,
         ``num_iterations``, ``warm_start``, ``wall_time``.
     """
     prior = problem.prior
