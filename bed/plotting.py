@@ -32,13 +32,75 @@ def _bounds(ds: xr.Dataset) -> np.ndarray | None:
     return None if b is None else np.asarray(b, dtype=float)
 
 
-def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6) -> Figure:
-    """Posterior samples per step over the domain, with the designs and theta_true; EIG per step.
+def _kind(ds: xr.Dataset) -> str:
+    """How to draw a record: ``"points"`` (events of 2-D points with 2-D designs, e.g. source
+    locations), ``"field"`` (an `H x W` event with designs in the unit square, e.g. a field
+    with sensors) or ``"marginals"`` (anything else)."""
+    event = ds["posterior"].shape[2:]
+    design_dim = ds["design"].shape[-1]
+    if len(event) >= 1 and event[-1] == 2 and design_dim == 2:
+        return "points"
+    if len(event) == 2 and min(event) >= 8:
+        return "field"
+    return "marginals"
 
-    Each panel shows the belief the step's design was chosen with (posterior given the earlier
-    steps): its samples (each source a point, for `K x 2` events), the designs measured before
-    (grey), the step's design (red cross) and the true theta (black stars). The last panel plots
-    the EIG of each chosen design with its standard error.
+
+def _eig_panel(ax, ds: xr.Dataset) -> None:
+    n = ds.sizes["step"]
+    eig, se = ds["eig"].values, ds["eig_stderr"].values
+    ax.errorbar(np.arange(n), eig, yerr=se, marker="o", ms=3, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("EIG of chosen design (nats)")
+    ax.set_title(f"{ds.attrs.get('problem', '')} ({ds.attrs.get('method', '')})")
+
+
+def _points_panel(ax, ds, t, bounds, designs, theta) -> None:
+    post = _points(ds["posterior"].values[t])
+    ax.scatter(post[:, 0], post[:, 1], s=3, alpha=0.3, color="tab:blue", label="posterior")
+    ax.scatter(designs[:t, 0], designs[:t, 1], s=12, color="0.5", label="earlier designs")
+    ax.scatter(designs[t, 0], designs[t, 1], s=60, marker="x", color="tab:red", label="design")
+    if theta is not None:
+        th = _points(theta[None])
+        ax.scatter(th[:, 0], th[:, 1], s=90, marker="*", color="k", label="theta_true")
+    if bounds is not None and bounds.shape == (2, 2):
+        ax.set_xlim(bounds[0, 0], bounds[1, 0])
+        ax.set_ylim(bounds[0, 1], bounds[1, 1])
+    ax.set_aspect("equal")
+
+
+def _field_panel(ax, image, bounds, designs, t, vrange=None) -> None:
+    """An `H x W` image over the design box with the designs measured up to step t."""
+    lo, hi = (
+        bounds if bounds is not None and bounds.shape == (2, 2) else np.array([[0, 0], [1, 1]])
+    )
+    ax.imshow(
+        image.T,
+        origin="lower",
+        extent=(lo[0], hi[0], lo[1], hi[1]),
+        cmap="viridis",
+        vmin=None if vrange is None else vrange[0],
+        vmax=None if vrange is None else vrange[1],
+    )
+    ax.scatter(designs[:t, 0], designs[:t, 1], s=12, color="w", edgecolors="k", lw=0.5)
+    ax.scatter(designs[t, 0], designs[t, 1], s=60, marker="x", color="tab:red")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6) -> Figure:
+    """Posterior per step over the domain, with the designs and theta_true; EIG per step.
+
+    Each step panel shows the belief the step's design was chosen with (posterior given the
+    earlier steps), the designs measured before and the step's design (red cross):
+
+    - events of 2-D points with 2-D designs (location finding): posterior samples as points
+      and the true sources as black stars;
+    - `H x W` fields (sensor placement, images): the posterior mean, with the true field in an
+      extra panel;
+    - anything else (pharmacokinetics, CES): posterior mean +- sd of every coordinate against
+      the step, and the designs against the step.
+
+    The last panel plots the EIG of each chosen design with its standard error.
 
     Args:
         ds: a run record (``bed.records.load``).
@@ -49,37 +111,52 @@ def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6
         the matplotlib ``Figure``.
     """
     n = ds.sizes["step"]
-    steps = np.unique(np.linspace(0, max(n - 1, 0), min(n, max_panels)).round().astype(int))
-    cols = len(steps) + 1
-    fig, axes = plt.subplots(1, cols, figsize=(3.2 * cols, 3.3), squeeze=False)
-    axes = axes[0]
+    kind = _kind(ds)
     bounds = _bounds(ds)
-    designs = ds["design"].values
+    designs = ds["design"].values.reshape(n, -1)
     theta = ds["theta_true"].values if "theta_true" in ds else None
-    for ax, t in zip(axes, steps):
-        post = _points(ds["posterior"].values[t])
-        ax.scatter(post[:, 0], post[:, 1], s=3, alpha=0.3, color="tab:blue", label="posterior")
-        if designs.shape[1] == 2:
-            ax.scatter(designs[:t, 0], designs[:t, 1], s=12, color="0.5", label="earlier designs")
-            ax.scatter(
-                designs[t, 0], designs[t, 1], s=60, marker="x", color="tab:red", label="design"
+    if kind == "marginals":
+        post = ds["posterior"].values.reshape(n, ds.sizes["sample"], -1)  # (T, S, D)
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
+        mean, sd = post.mean(1), post.std(1)
+        for j in range(mean.shape[1]):
+            line = axes[0].plot(np.arange(n), mean[:, j], lw=1, label=f"theta[{j}]")[0]
+            axes[0].fill_between(
+                np.arange(n),
+                mean[:, j] - sd[:, j],
+                mean[:, j] + sd[:, j],
+                color=line.get_color(),
+                alpha=0.2,
             )
-        if theta is not None:
-            th = _points(theta[None])
-            ax.scatter(th[:, 0], th[:, 1], s=90, marker="*", color="k", label="theta_true")
-        if bounds is not None and bounds.shape == (2, 2):
-            ax.set_xlim(bounds[0, 0], bounds[1, 0])
-            ax.set_ylim(bounds[0, 1], bounds[1, 1])
-        ax.set_aspect("equal")
-        ax.set_title(f"step {t}")
-    if len(steps):
-        axes[0].legend(fontsize=6, loc="lower left")
-    ax = axes[-1]
-    eig, se = ds["eig"].values, ds["eig_stderr"].values
-    ax.errorbar(np.arange(n), eig, yerr=se, marker="o", ms=3, lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("EIG of chosen design (nats)")
-    ax.set_title(f"{ds.attrs.get('problem', '')} ({ds.attrs.get('method', '')})")
+            if theta is not None:
+                axes[0].axhline(theta.reshape(-1)[j], color=line.get_color(), ls="--", lw=0.8)
+        axes[0].set_xlabel("step")
+        axes[0].set_title("posterior mean +- sd (dashed: true)")
+        axes[0].legend(fontsize=6)
+        axes[1].plot(np.arange(n), designs, marker="o", ms=3, lw=0.8)
+        axes[1].set_xlabel("step")
+        axes[1].set_title("design")
+        _eig_panel(axes[2], ds)
+    else:
+        steps = np.unique(np.linspace(0, max(n - 1, 0), min(n, max_panels)).round().astype(int))
+        extra = int(kind == "field" and theta is not None)
+        cols = len(steps) + 1 + extra
+        fig, axes = plt.subplots(1, cols, figsize=(3.2 * cols, 3.3), squeeze=False)
+        axes = axes[0]
+        field = theta if theta is not None else ds["posterior"].values
+        vrange = (float(np.min(field)), float(np.max(field)))  # one colour scale for all panels
+        for ax, t in zip(axes, steps):
+            if kind == "points":
+                _points_panel(ax, ds, t, bounds, designs, theta)
+            else:
+                _field_panel(ax, ds["posterior"].values[t].mean(0), bounds, designs, t, vrange)
+            ax.set_title(f"step {t}" + (" (posterior mean)" if kind == "field" else ""))
+        if kind == "points" and len(steps):
+            axes[0].legend(fontsize=6, loc="lower left")
+        if extra:
+            _field_panel(axes[-2], theta, bounds, designs, n - 1, vrange)
+            axes[-2].set_title("true field, all designs")
+        _eig_panel(axes[-1], ds)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)
