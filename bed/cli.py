@@ -4,6 +4,7 @@ Examples::
 
     bed run location-finding                 # 30 steps on the CPU -> run.nc and run.png
     bed run location-finding --steps 5 --prior gaussian --seed 1 --out r1.nc --plot r1.png
+    bed run location-finding --batch 4 --workers 4   # 4 designs per step, 4 worker processes
     bed list
     bed plot run.nc --out run.png
     bed eval r1.nc r2.nc r3.nc --num-inner 100000
@@ -51,6 +52,11 @@ def run(
     threads: int = typer.Option(
         1, help="torch CPU threads (the loop's tensors are small: more threads mostly contend)."
     ),
+    batch: int = typer.Option(1, help="Designs chosen jointly and measured per step (q)."),
+    workers: int = typer.Option(
+        0, help="Measure on a Dask LocalCluster of N worker processes (0: in this process)."
+    ),
+    retries: int = typer.Option(2, help="Reruns of a measurement that raised."),
 ) -> None:
     """Run sequential design on PROBLEM against its simulator; write the record and a plot."""
     import torch
@@ -62,13 +68,21 @@ def run(
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
+    executor = None
     try:
+        if workers < 0:
+            raise ValueError(f"--workers: expected N >= 0 worker processes, got {workers}")
+        if workers:
+            from bed.executor import local_cluster
+
+            executor = local_cluster(workers, retries)
         if resume:
-            sd = SequentialDesign.resume(out, device=device)
+            sd = SequentialDesign.resume(out, device=device, executor=executor, retries=retries)
         else:
             options = {} if prior is None else {"prior": prior}
             p = bed.problems.get(problem, **options)
             kw = {"method": method, "device": device, "seed": seed, "record": out}
+            kw.update(batch=batch, executor=executor, retries=retries)
             if num_samples is not None:
                 kw["num_samples"] = num_samples
             if method != "ess":  # the tuned warm-up length is ESS's
@@ -80,6 +94,9 @@ def run(
         ds = sd.run(until=steps, progress=progress)
     except (ValueError, TypeError, FileNotFoundError, StepError) as exc:
         _fail(str(exc))
+    finally:
+        if executor is not None:
+            executor.close()
     typer.echo(
         f"{ds.sizes['step']} steps in {time.perf_counter() - t0:.1f} s; record {out}"
         + (f"; final EIG {float(ds['eig'].values[-1]):.3f}" if ds.sizes["step"] else "")

@@ -9,6 +9,10 @@ Each step ``t``
    ``bed.optimize_design`` over the design space; the chosen design's EIG and standard error
    come from ``bed.eig.pce`` (or ``nmc``) with fresh samples;
 3. **simulate**: calls the simulator (or instrument) at the design and validates the answer;
+   with ``batch=q`` the step chooses ``q`` designs jointly (q-batch qEIG) and measures them
+   as ``q`` independent tasks on the ``executor`` (see :mod:`bed.executor`: in this process,
+   or as futures on a ``dask.distributed.Client``), results in order, a task that raises
+   retried ``retries`` times;
 4. **record**: appends the step to the run record and rewrites it atomically on disk
    (see :mod:`bed.records`).
 
@@ -23,10 +27,11 @@ Simulators and instruments are plain user code, told apart like this:
 ``design`` is a `(d,)` tensor, and the answer must have the likelihood's observation shape
 (``()`` for a scalar) and be finite. A simulator that raises, returns NaN/inf or the wrong
 shape, or a design outside the design space, stops the loop with a ``StepError`` naming the
-step and the design; nothing of that step is recorded.
+step and the design; nothing of that step is recorded (earlier steps stay on disk).
 
 Reproducibility: every random draw of step ``t`` comes from generators seeded by
-``(seed, t, phase)`` (never from a running RNG), and each phase runs inside
+``(seed, t, phase)`` (never from a running RNG; measurement ``j`` of a batch by
+``(seed, t, "simulate", j)``, wherever its task runs), and each phase runs inside
 ``torch.random.fork_rng`` seeded the same way, so a run resumed from its record reproduces the
 designs of an uninterrupted run, and the caller's global RNG is left untouched.
 """
@@ -49,6 +54,7 @@ from torch import Tensor
 from bed import records
 from bed.conditioning import condition
 from bed.conditioning.base import Posterior
+from bed.executor import Executor, TaskError, as_executor
 from bed.experiment import Experiment
 
 __all__ = ["Instrument", "SequentialDesign", "Simulator", "StepError", "as_simulator"]
@@ -155,9 +161,10 @@ def as_simulator(fn: Callable | Simulator | Instrument) -> Simulator | Instrumen
     )
 
 
-def _seed(seed: int, step: int, phase: str) -> int:
-    """A 63-bit seed derived from ``(seed, step, phase)`` (independent streams)."""
-    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(step), _PHASE_KEYS[phase]))
+def _seed(seed: int, step: int, phase: str, index: int = 0) -> int:
+    """A 63-bit seed derived from ``(seed, step, phase[, index])`` (independent streams)."""
+    key = (int(step), _PHASE_KEYS[phase]) + ((int(index),) if index else ())
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=key)
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
@@ -175,6 +182,19 @@ class _Seeded:
 
     def __exit__(self, *exc) -> None:
         self.fork.__exit__(*exc)
+
+
+def _simulate_task(
+    simulator: Simulator | Instrument, theta: Tensor | None, design: Tensor, seed: int, device: str
+) -> Any:
+    """One measurement, run wherever the executor puts it: ``simulator(theta, design)`` with a
+    generator and the global RNG seeded by ``seed`` on ``device``; a tensor answer comes back on
+    the CPU."""
+    dev = torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    with _Seeded(seed, dev):
+        y = simulator(None if theta is None else theta.to(dev), design.to(dev), gen)
+    return y.detach().cpu() if isinstance(y, Tensor) else y
 
 
 def _jsonable(obj: Any) -> Any:
@@ -207,6 +227,12 @@ class SequentialDesign:
             go into the record so ``resume`` can rebuild it), or ``None``.
         dtype: floating dtype of the run (default: the prior's).
         overwrite: allow a fresh run to replace an existing record file.
+        batch: ``q``, designs chosen jointly and measured per step (``optimize_design(q=q)``);
+            the record gets a ``batch`` dim (see :mod:`bed.records`).
+        executor: where measurements (and the GP route's EIG estimates) run: ``None`` (here,
+            serially), a ``dask.distributed.Client`` or a ``bed.executor.Executor``.
+        retries: reruns of a measurement that raised before the step fails (for ``None`` or a
+            ``Client``; an ``Executor`` brings its own).
 
     Example:
         >>> import bed, bed.problems
@@ -232,10 +258,17 @@ class SequentialDesign:
         problem: Any = None,
         dtype: torch.dtype | None = None,
         overwrite: bool = False,
+        batch: int = 1,
+        executor: Any = None,
+        retries: int = 0,
         _record: records.RunRecord | None = None,
     ) -> None:
         if acquisition not in ("pce", "nmc"):
             raise ValueError(f"acquisition: expected 'pce' or 'nmc', got {acquisition!r}")
+        if int(batch) < 1:
+            raise ValueError(f"batch: expected q >= 1 designs per step, got {batch}")
+        self.batch = int(batch)
+        self.executor: Executor = as_executor(executor, retries)
         self.device = torch.device(device)
         self.exp = exp.to(device=self.device, dtype=dtype)
         self.simulator = as_simulator(simulator)
@@ -269,6 +302,10 @@ class SequentialDesign:
             self.obs_shape = tuple(self.exp.observation_shape())
 
         if _record is not None:
+            if _record.batch != self.batch:
+                raise ValueError(
+                    f"batch: the record holds {_record.batch} designs per step, got {self.batch}"
+                )
             self.record = _record
         else:
             if self.path is not None and self.path.exists() and not overwrite:
@@ -284,6 +321,7 @@ class SequentialDesign:
                 source_shape=None if source_shape is None else tuple(source_shape),
                 theta_true=theta_true,
                 attrs=self._attrs(),
+                batch=self.batch,
             )
             if self.path is not None:
                 records.save(self.record, self.path)
@@ -309,6 +347,7 @@ class SequentialDesign:
                 "acquisition": self.acquisition,
                 "num_samples": self.num_samples,
                 "num_inner": self.num_inner,
+                "batch": self.batch,
                 "seed": self.seed,
                 "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
@@ -402,6 +441,7 @@ class SequentialDesign:
             )
 
     def _acquire(self, t: int, theta: Tensor) -> tuple[Tensor, float, float]:
+        """The step's design: `(d,)`, or `(q, d)` for a batch; its EIG and standard error."""
         from bed.acquisition import qEIG
         from bed.optimize import optimize_design
 
@@ -417,20 +457,38 @@ class SequentialDesign:
                 # L-BFGS-B sometimes stops ABNORMAL on a peaked EIG surface; BoTorch then warns
                 # and retries from new starts by itself, so the warning carries no news.
                 warnings.filterwarnings("ignore", "Optimization failed", RuntimeWarning)
-                design = optimize_design(acq, self.exp.design_space, q=1, **self.optimize_options)
-        design = design.detach().reshape(-1).to(theta)  # (d,)
+                opts = dict(self.optimize_options)
+                if opts.get("surrogate") == "gp":
+                    opts.setdefault("executor", self.executor)
+                design = optimize_design(acq, self.exp.design_space, q=self.batch, **opts)
+        design = self._shaped(design.detach().to(theta))  # (d,) or (q, d)
         eig, se = self._eig_of(t, design, theta)
         return design, eig, se
 
+    def _shaped(self, design: Tensor) -> Tensor:
+        """A step's design as stored: `(d,)` for ``q = 1``, `(q, d)` for a batch."""
+        return design.reshape(-1) if self.batch == 1 else design.reshape(self.batch, -1)
+
     def _simulate(self, t: int, design: Tensor) -> Tensor:
-        gen = self._generator(t, "simulate")
-        with _Seeded(_seed(self.seed, t, "simulate"), self.device):
-            try:
-                y = self.simulator(self.theta_true, design, gen)
-            except Exception as exc:
-                raise StepError(
-                    t, design, f"the simulator raised {type(exc).__name__}: {exc}"
-                ) from exc
+        """Measure the step's `(d,)` or `(q, d)` design(s) on the executor, in order."""
+        designs = design.reshape(self.batch, -1)  # (q, d)
+        theta = None if self.theta_true is None else self.theta_true.detach().cpu()
+        tasks = [
+            (self.simulator, theta, xi.cpu(), _seed(self.seed, t, "simulate", j), str(self.device))
+            for j, xi in enumerate(designs)
+        ]
+        try:
+            answers = self.executor.map(_simulate_task, tasks, name=f"bed-simulate-{t}")
+        except TaskError as err:
+            exc = err.cause
+            again = f" (after {err.attempts} attempts)" if err.attempts > 1 else ""
+            raise StepError(
+                t, designs[err.index], f"the simulator raised {type(exc).__name__}: {exc}{again}"
+            ) from exc
+        ys = [self._check_observation(t, xi, y) for xi, y in zip(designs, answers)]
+        return ys[0] if self.batch == 1 else torch.stack(ys)  # (*obs) or (q, *obs)
+
+    def _check_observation(self, t: int, design: Tensor, y: Any) -> Tensor:
         if y is None:
             raise StepError(t, design, "the simulator returned None")
         try:
@@ -457,12 +515,12 @@ class SequentialDesign:
         """Run one design step and record it.
 
         Args:
-            design: a `(d,)` design to measure instead of the EIG-optimal one (its EIG is still
-                estimated), or ``None``.
+            design: a `(d,)` design (`(q, d)` with ``batch=q``) to measure instead of the
+                EIG-optimal one (its EIG is still estimated), or ``None``.
 
         Returns:
-            a dict with ``step``, ``design`` `(d,)`, ``observation``, ``eig``, ``eig_stderr``
-            and ``timings`` (seconds per phase).
+            a dict with ``step``, ``design`` `(d,)` or `(q, d)`, ``observation`` (`(q, *obs)`
+            for a batch), ``eig``, ``eig_stderr`` and ``timings`` (seconds per phase).
 
         Raises:
             StepError: the simulator raised or returned a non-finite or misshapen value, or the
@@ -479,7 +537,9 @@ class SequentialDesign:
         if design is None:
             design, eig, se = self._acquire(t, theta)
         else:
-            design = torch.as_tensor(design).to(theta).reshape(-1)
+            design = torch.as_tensor(design).to(theta)
+            if design.numel() == self.batch * self.exp.design_dim:
+                design = self._shaped(design)
             self._check_design(t, design)
             eig, se = self._eig_of(t, design, theta)
         timings["acquire"] = time.perf_counter() - t0
@@ -534,14 +594,13 @@ class SequentialDesign:
         )
 
     def _check_design(self, t: int, design: Tensor) -> None:
-        if design.shape != (self.exp.design_dim,):
+        want = (self.exp.design_dim,) if self.batch == 1 else (self.batch, self.exp.design_dim)
+        if design.shape != want:
             raise StepError(
-                t,
-                design,
-                f"expected a design of shape ({self.exp.design_dim},), got {tuple(design.shape)}",
+                t, design, f"expected a design of shape {want}, got {tuple(design.shape)}"
             )
         try:
-            self.exp.design_space.check(design.unsqueeze(0), "design")
+            self.exp.design_space.check(design.reshape(-1, self.exp.design_dim), "design")
         except ValueError as exc:
             raise StepError(t, design, str(exc)) from exc
 
@@ -551,7 +610,7 @@ class SequentialDesign:
         with _Seeded(_seed(self.seed, t, "eig"), self.device), torch.no_grad():
             est, se = getattr(bed.eig, self.acquisition)(
                 self.exp,
-                design.reshape(1, 1, -1),  # (b=1, q=1, d)
+                design.reshape(1, self.batch, -1),  # (b=1, q, d): the joint EIG
                 theta,
                 num_inner=self.num_inner,
                 # bed.eig draws index subsets on the CPU, so its generator lives there
@@ -665,6 +724,7 @@ class SequentialDesign:
             "acquisition": cfg["acquisition"],
             "num_samples": cfg["num_samples"],
             "num_inner": cfg["num_inner"],
+            "batch": cfg.get("batch", 1),
             "seed": cfg["seed"],
             "device": cfg["device"],
             "dtype": getattr(torch, cfg.get("dtype", "float32")),

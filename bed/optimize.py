@@ -9,7 +9,10 @@ Three routes:
 - ``surrogate="gp"``: for likelihoods without gradients or with expensive simulators, noisy EIG
   estimates at a Sobol design train a ``SingleTaskGP`` (the estimates' squared standard errors
   are its observation noise); ``qLogNoisyExpectedImprovement`` picks further designs one at a
-  time, and the evaluated design with the best GP posterior mean is returned.
+  time, and the evaluated design with the best GP posterior mean is returned. With
+  ``executor=`` (a ``bed.executor.Executor`` or a ``dask.distributed.Client``) the EIG
+  estimates run as tasks there: the initial design split into one block of rows per worker,
+  results gathered in order.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ def optimize_design(
         num_restarts: L-BFGS-B starts (Box routes).
         raw_samples: random designs scored to pick the starts (Box routes).
         **options: ``fixed_features_list`` (mixed route); ``num_evaluations`` (default 30),
-            ``num_initial`` (default ``min(10, num_evaluations // 2)``) and ``seed`` (GP route);
+            ``num_initial`` (default ``min(10, num_evaluations // 2)``), ``seed`` and
+            ``executor`` (where EIG estimates run, default here) (GP route);
             ``max_batch_size`` (Candidates); anything else goes to the optimizer's ``options``.
 
     Returns:
@@ -129,10 +133,14 @@ def _optimize_gp(
     num_evaluations: int = 30,
     num_initial: int | None = None,
     seed: int = 0,
+    executor=None,
     **options,
 ) -> Tensor:
     """Bayesian optimization of noisy EIG estimates with a GP surrogate (float64)."""
+    from bed.executor import TaskError, as_executor
+
     _no_options(options, "surrogate='gp'")
+    executor = as_executor(executor)
     if not hasattr(acq, "estimate"):
         raise TypeError("surrogate='gp' needs an acquisition with estimate(X) -> (mean, stderr)")
     num_initial = min(10, num_evaluations // 2) if num_initial is None else num_initial
@@ -158,9 +166,18 @@ def _optimize_gp(
         train_x = draw_sobol_samples(bounds, n=num_initial, q=1, seed=seed).squeeze(1)  # (n0, qd)
 
     def evaluate(x: Tensor) -> tuple[Tensor, Tensor]:  # x (n, q d) -> (n, 1), (n, 1)
-        with torch.no_grad():
-            est, se = acq.estimate(x.reshape(-1, q, d).to(acq.theta))
-        return est.to(x).unsqueeze(-1), se.to(x).unsqueeze(-1)
+        X = x.reshape(-1, q, d).to(acq.theta)  # (n, q, d)
+        blocks = X.chunk(min(executor.workers, X.shape[0]))  # one block of rows per worker
+        try:
+            parts = executor.map(_estimate, [(acq, b) for b in blocks], name="bed-eig")
+        except TaskError as err:
+            raise RuntimeError(
+                f"surrogate='gp': EIG estimate of designs {blocks[err.index].tolist()} failed: "
+                f"{err}"
+            ) from err.cause
+        est = torch.cat([p[0] for p in parts]).to(x)  # (n,)
+        se = torch.cat([p[1] for p in parts]).to(x)
+        return est.unsqueeze(-1), se.unsqueeze(-1)
 
     train_y, train_se = evaluate(train_x)
 
@@ -194,3 +211,9 @@ def _optimize_gp(
         mean = model.posterior(train_x).mean.squeeze(-1)  # (n,)
     best = train_x[mean.argmax()].reshape(q, d)
     return best.to(acq.theta)
+
+
+def _estimate(acq: qEIG, X: Tensor) -> tuple[Tensor, Tensor]:
+    """``acq.estimate`` of `n x q x d` designs (a task of the GP route; runs on any worker)."""
+    with torch.no_grad():
+        return acq.estimate(X)

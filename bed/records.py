@@ -6,8 +6,11 @@ Layout (``S`` posterior samples per step, ``d`` design dimensions):
 variable            dims                                        meaning
 ==================  ==========================================  =================================
 ``design``          ``(step, design_dim)``                      the design measured at each step
+                    ``(step, batch, design_dim)`` if ``q > 1``  (the step's ``q`` joint designs)
 ``observation``     ``(step, *obs_dims)``                       what the simulator returned
+                    ``(step, batch, *obs_dims)`` if ``q > 1``
 ``eig``             ``(step,)``                                 EIG estimate of the chosen design
+                                                                (of the ``q`` designs jointly)
 ``eig_stderr``      ``(step,)``                                 its Monte Carlo standard error
 ``posterior``       ``(step, sample, *event_dims)``             belief *before* the step's
                                                                 measurement (conditioned on
@@ -19,6 +22,12 @@ variable            dims                                        meaning
                                                                 condition, acquire, simulate,
                                                                 record
 ==================  ==========================================  =================================
+
+Batch sequential design (``q = batch > 1`` measurements per step, attribute ``batch``) adds a
+``batch`` dim to ``design`` and ``observation`` only: posterior, EIG and timings stay per step.
+``RunRecord.designs()`` / ``observations()`` flatten it (measurement ``j`` of step ``t`` is row
+``t q + j``), so code that reads the data as a list of measurements needs no change; a record
+with ``q = 1`` has no ``batch`` dim and is laid out exactly as before.
 
 Event dims are named ``event_0, event_1, ...``, observation dims ``obs_0, ...``, source dims
 ``source_0, ...``. Attributes: ``problem``, ``method``, ``seed``, ``config`` (JSON), ``versions``
@@ -85,6 +94,7 @@ class RunRecord:
         source_shape: the shape of one source draw, or ``None`` if posteriors carry none.
         theta_true: `(*event_shape)` true theta of a synthetic run, or ``None``.
         attrs: dataset attributes; dicts and lists are stored as JSON strings.
+        batch: ``q``, measurements per step (``> 1`` adds the ``batch`` dim).
     """
 
     def __init__(
@@ -96,7 +106,11 @@ class RunRecord:
         source_shape: Sequence[int] | None = None,
         theta_true: Tensor | np.ndarray | None = None,
         attrs: dict[str, Any] | None = None,
+        batch: int = 1,
     ) -> None:
+        if int(batch) < 1:
+            raise ValueError(f"record batch: expected q >= 1 measurements per step, got {batch}")
+        self.batch = int(batch)
         self.design_dim = int(design_dim)
         self.event_shape = tuple(int(s) for s in event_shape)
         self.obs_shape = tuple(int(s) for s in obs_shape)
@@ -130,8 +144,8 @@ class RunRecord:
         """Add one step.
 
         Args:
-            design: `(d,)` the design measured.
-            observation: `(*obs_shape)` the measurement.
+            design: `(d,)` the design measured (`(q, d)` for a batch record).
+            observation: `(*obs_shape)` the measurement (`(q, *obs_shape)` for a batch).
             eig: EIG estimate of the design; eig_stderr: its standard error.
             posterior: `(S, *event_shape)` belief samples the design was chosen with.
             posterior_source: `(S, *source_shape)` the same draws in source space, or None.
@@ -145,8 +159,8 @@ class RunRecord:
             "eig_stderr": float(eig_stderr),
             "timings": {p: float((timings or {}).get(p, 0.0)) for p in PHASES},
         }
-        self._check("design", step["design"], (self.design_dim,))
-        self._check("observation", step["observation"], self.obs_shape)
+        self._check("design", step["design"], self._lead + (self.design_dim,))
+        self._check("observation", step["observation"], self._lead + self.obs_shape)
         num = step["posterior"].shape[0] if step["posterior"].ndim else 0
         self._check("posterior", step["posterior"], (num, *self.event_shape))
         if self.steps and num != self.steps[0]["posterior"].shape[0]:
@@ -164,6 +178,10 @@ class RunRecord:
             self._check("posterior_source", step["posterior_source"], (num, *self.source_shape))
         self.steps.append(step)
 
+    @property
+    def _lead(self) -> tuple[int, ...]:
+        return (self.batch,) if self.batch > 1 else ()
+
     def set_timing(self, step: int, phase: str, seconds: float) -> None:
         self.steps[step]["timings"][phase] = float(seconds)
 
@@ -171,11 +189,18 @@ class RunRecord:
     def to_dataset(self) -> xr.Dataset:
         n = len(self.steps)
         ev, ob = _names("event", self.event_shape), _names("obs", self.obs_shape)
+        bd = ("batch",) if self.batch > 1 else ()
 
         num = self.steps[0]["posterior"].shape[0] if n else 0
         data = {
-            "design": (("step", "design_dim"), self._stack("design", (self.design_dim,))),
-            "observation": (("step", *ob), self._stack("observation", self.obs_shape)),
+            "design": (
+                ("step", *bd, "design_dim"),
+                self._stack("design", self._lead + (self.design_dim,)),
+            ),
+            "observation": (
+                ("step", *bd, *ob),
+                self._stack("observation", self._lead + self.obs_shape),
+            ),
             "eig": (("step",), np.array([s["eig"] for s in self.steps], dtype=np.float64)),
             "eig_stderr": (
                 ("step",),
@@ -204,6 +229,8 @@ class RunRecord:
             for k, v in self.attrs.items()
         }
         attrs["design_dim"] = self.design_dim
+        if self.batch > 1:
+            attrs["batch"] = self.batch
         attrs["event_shape"] = json.dumps(self.event_shape)
         attrs["obs_shape"] = json.dumps(self.obs_shape)
         attrs["source_shape"] = json.dumps(self.source_shape)
@@ -224,6 +251,7 @@ class RunRecord:
             source_shape=source_shape,
             theta_true=ds["theta_true"].values if "theta_true" in ds else None,
             attrs=attrs,
+            batch=int(attrs.pop("batch", 1)),
         )
         for t in range(ds.sizes["step"]):
             record.append(
@@ -241,13 +269,15 @@ class RunRecord:
 
     # ----------------------------------------------------------------- tensors for the loop
     def designs(self, like: Tensor | None = None) -> Tensor:
-        """`(n, d)` designs so far, on ``like``'s device and dtype."""
-        x = torch.from_numpy(self._stack("design", (self.design_dim,)))
+        """`(n, d)` designs so far (``n`` = steps times ``q``), on ``like``'s device and dtype."""
+        x = torch.from_numpy(self._stack("design", self._lead + (self.design_dim,)))
+        x = x.reshape(-1, self.design_dim)  # (T, q, d) -> (T q, d)
         return x if like is None else x.to(like)
 
     def observations(self, like: Tensor | None = None) -> Tensor:
-        """`(n, *obs_shape)` observations so far."""
-        x = torch.from_numpy(self._stack("observation", self.obs_shape))
+        """`(n, *obs_shape)` observations so far (``n`` = steps times ``q``)."""
+        x = torch.from_numpy(self._stack("observation", self._lead + self.obs_shape))
+        x = x.reshape(-1, *self.obs_shape)  # (T, q, *obs) -> (T q, *obs)
         return x if like is None else x.to(like)
 
     def _stack(self, key: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -18,6 +18,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -182,6 +183,8 @@ def run(
     max_shrinks: int = 100,
     coarse_prior=None,
     init_tries: int = 100,
+    chain_blocks: int = 1,
+    devices: list[str] | None = None,
 ) -> Posterior:
     """ESS-Flow posterior (methods.md section 4.3).
 
@@ -199,6 +202,12 @@ def run(
             ``importance_ess`` (effective sample size of the weights over the number of
             draws, in (0, 1]) is reported.
         init_tries: redraws for chains starting at zero likelihood.
+        chain_blocks: ``B``, blocks of chains with their own generators derived from the
+            problem's generator (see :mod:`bed.conditioning.runner`): for a seed and ``B`` the
+            draws are the same however many ``devices`` run the blocks.
+        devices: where the blocks run concurrently (round-robin), e.g. ``["cuda:0",
+            "cuda:1"]`` or ``["cpu", "cpu"]`` (two CPU threads); the prior, designs and
+            observations are copied to each device. Default: the prior's device.
 
     Returns:
         A ``Posterior`` with ``source`` set. Diagnostics: ``ess_bulk``, ``rhat`` (on z),
@@ -222,6 +231,24 @@ def run(
     num_chains = problem.num_chains or min(problem.num_samples, 1000)
     z0, warm = _start(problem, loglik, num_chains, init_tries)
     warmup = problem.warmup if problem.warmup is not None else (25 if warm else 200)
+    block_logliks: list[SourceLogLikelihood] = []
+
+    def loglik_for(device: torch.device) -> SourceLogLikelihood:
+        on = problem
+        if device != z0.device:
+            on = dataclasses.replace(
+                problem,
+                exp=problem.exp.to(device=device),
+                designs=problem.designs.to(device),
+                observations=problem.observations.to(device),
+            )
+        coarse = coarse_prior
+        if coarse is not None and device != z0.device:
+            coarse = coarse.to(device=device)
+        fn = SourceLogLikelihood(on, coarse)
+        block_logliks.append(fn)
+        return fn
+
     with torch.no_grad():
         result = sample_chains(
             kernel(max_shrinks),
@@ -233,6 +260,9 @@ def run(
             generator=problem.generator,
             progress=problem.progress,
             desc="ess",
+            blocks=chain_blocks,
+            devices=devices,
+            loglik_for=loglik_for,
         )
         z = result.samples  # (S, D_z)
         diagnostics = dict(result.diagnostics)
@@ -240,7 +270,7 @@ def run(
         steps = result.num_iterations * num_chains
         diagnostics.update(
             mean_shrinks=t["num_shrinks"] / steps,
-            num_evals=loglik.num_evals,
+            num_evals=loglik.num_evals + sum(f.num_evals for f in block_logliks),
             collapsed=int(t["collapsed"]),
             warm_start=warm,
         )

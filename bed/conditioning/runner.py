@@ -22,15 +22,26 @@ one-draw-per-chain runs still get an R-hat): bulk ESS (rank-normalised, Vehtari 
 computed with ``pyro.ops.stats.effective_sample_size``) and split R-hat (``split_gelman_rubin``
 on the rank-normalised draws), each per coordinate of the chain position, summarised by the
 minimum ESS and maximum R-hat.
+
+**Chain blocks on several devices.** With ``blocks = B > 1`` the ``C`` chains are cut into ``B``
+contiguous blocks; block ``b`` draws from its own generator, seeded from ``(s, b)`` where ``s``
+is one number drawn from ``generator``, and runs the whole chain loop alone. The blocks are
+spread round-robin over ``devices`` (CUDA devices, or the CPU repeated to use CPU threads) and
+run concurrently, one thread per device entry; the draws are moved back to ``position``'s device
+and joined in block order. A block's draws depend only on its seed and its chains, so for a
+given seed and ``B`` the result does not depend on how many devices share the work (on devices
+of one kind). ``B = 1`` is the single-generator loop above.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 from torch import Tensor
@@ -106,6 +117,9 @@ def sample_chains(
     generator: torch.Generator | None = None,
     progress: bool = False,
     desc: str = "mcmc",
+    blocks: int = 1,
+    devices: Sequence[str | torch.device] | None = None,
+    loglik_for: Callable[[torch.device], Callable[[Tensor], Tensor]] | None = None,
 ) -> ChainResult:
     """Run ``C`` chains of ``kernel`` from `C x D` ``position`` and keep ``num_samples`` draws.
 
@@ -119,6 +133,12 @@ def sample_chains(
         generator: source of all randomness.
         progress: show a ``tqdm`` progress bar.
         desc: the progress bar's label.
+        blocks: ``B``, chain blocks with their own generators (see the module docstring).
+        devices: where the blocks run, round-robin (default: ``position``'s device); e.g.
+            ``["cuda:0", "cuda:1"]``, or ``["cpu"] * 4`` for four CPU threads.
+        loglik_for: ``device -> loglik_fn`` on that device; called once per block, so a
+            counting log-likelihood is never shared between threads (default: ``loglik_fn``,
+            which then must accept positions on every device in ``devices``).
 
     Returns:
         A :class:`ChainResult` with `S x D` samples.
@@ -133,6 +153,43 @@ def sample_chains(
     k = -(-num_samples // c)  # draws kept per chain
     total = warmup + k * thin
     window = max(k * thin, min(50, total))  # iterations recorded for diagnostics
+    if not 1 <= blocks <= c:
+        raise ValueError(f"sample_chains: need 1 <= blocks <= num_chains = {c}, got {blocks}")
+    if blocks == 1 and devices is None:
+        draws, trace, totals, state = _run_block(
+            kernel, position, loglik_fn, warmup, thin, total, window, generator, progress, desc
+        )
+    else:
+        draws, trace, totals, state = _run_blocks(
+            kernel,
+            position,
+            loglik_fn,
+            warmup,
+            thin,
+            total,
+            window,
+            generator,
+            blocks,
+            devices,
+            loglik_for,
+        )
+    samples = draws.reshape(k * c, -1)[-num_samples:]  # (S, D): the last S draws
+    diagnostics = mcmc_diagnostics(trace)  # trace (C, L, D)
+    diagnostics.update(
+        num_chains=c,
+        num_iterations=total,
+        draws_per_chain=k,
+        wall_time=time.perf_counter() - start,
+    )
+    info_totals = {name: float(v) for name, v in totals.items()}
+    return ChainResult(samples, state, info_totals, total, diagnostics)
+
+
+def _run_block(
+    kernel, position, loglik_fn, warmup, thin, total, window, generator, progress, desc
+):
+    """The chain loop on one block: `K x C x D` kept draws, `C x L x D` trace, Info totals
+    (tensors) and the final state."""
     state = kernel.init(position, loglik_fn)
     kept: list[Tensor] = []
     trace: list[Tensor] = []
@@ -146,14 +203,57 @@ def sample_chains(
             trace.append(state.position)
         if it > warmup and (it - warmup) % thin == 0:
             kept.append(state.position)
-    draws = torch.stack(kept)  # (K, C, D), draw-major
-    samples = draws.reshape(k * c, -1)[-num_samples:]  # (S, D): the last S draws
-    diagnostics = mcmc_diagnostics(torch.stack(trace, 1))  # trace (C, L, D)
-    diagnostics.update(
-        num_chains=c,
-        num_iterations=total,
-        draws_per_chain=k,
-        wall_time=time.perf_counter() - start,
-    )
-    info_totals = {name: float(v) for name, v in totals.items()}
-    return ChainResult(samples, state, info_totals, total, diagnostics)
+    return torch.stack(kept), torch.stack(trace, 1), totals, state  # (K, C, D), (C, L, D)
+
+
+def _block_seed(base: int, b: int) -> int:
+    """A 63-bit seed for block ``b`` from the run's ``base`` seed."""
+    ss = np.random.SeedSequence(entropy=base, spawn_key=(b,))
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _run_blocks(
+    kernel,
+    position,
+    loglik_fn,
+    warmup,
+    thin,
+    total,
+    window,
+    generator,
+    blocks,
+    devices,
+    loglik_for,
+):
+    """Chain blocks with their own generators, run concurrently over ``devices``."""
+    home = position.device
+    devices = [torch.device(d) for d in (devices or [home])]
+    if generator is None:
+        base = int(torch.randint(2**62, ()))
+    else:
+        base = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+    parts = position.tensor_split(blocks)  # B blocks of ~C/B chains, in order
+
+    def run(b: int):
+        dev = devices[b % len(devices)]
+        gen = torch.Generator(dev).manual_seed(_block_seed(base, b))
+        fn = loglik_fn if loglik_for is None else loglik_for(dev)
+        draws, trace, totals, state = _run_block(
+            kernel, parts[b].to(dev), fn, warmup, thin, total, window, gen, False, ""
+        )
+        return draws.to(home), trace.to(home), {n: v.to(home) for n, v in totals.items()}, state
+
+    grad = torch.is_grad_enabled()
+
+    def run_in_thread(b: int):
+        with torch.set_grad_enabled(grad):  # grad mode is per thread
+            return run(b)
+
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        results = list(pool.map(run_in_thread, range(blocks)))
+    draws = torch.cat([r[0] for r in results], 1)  # (K, C, D)
+    trace = torch.cat([r[1] for r in results], 0)  # (C, L, D)
+    totals = {n: sum(r[2][n] for r in results) for n in results[0][2]}
+    states = [r[3] for r in results]
+    state = type(states[0])(*(torch.cat([f.to(home) for f in fields]) for fields in zip(*states)))
+    return draws, trace, totals, state
