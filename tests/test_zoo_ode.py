@@ -15,7 +15,12 @@ from pyro import poutine
 import priors
 from priors.data import two_moons
 
-ODE_PRIORS = [n for n in priors.available() if priors.zoo.card(n)["kind"] != "flow"]
+# the 2-D two-moons ODE priors (image priors such as digits-16 have their own tests)
+ODE_PRIORS = [
+    n
+    for n in priors.available()
+    if priors.zoo.card(n)["kind"] != "flow" and priors.zoo.card(n)["event_shape"] == [2]
+]
 
 
 def _mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.1, 0.3, 1.0)) -> torch.Tensor:
@@ -38,12 +43,12 @@ def test_ode_priors_are_shipped():
 def test_samples_match_heldout_data_mmd(name):
     """Two-sample permutation test at the 1% level against fresh two-moons data."""
     prior = priors.load(name)
-    n = 1000
+    n = 500
     with torch.no_grad():
         x = prior.push(torch.randn(n, 2, generator=torch.Generator().manual_seed(7)))
     y = two_moons(n, torch.Generator().manual_seed(99))
     stat = _mmd2(x, y)
-    xy, g, count, perms = torch.cat([x, y]), torch.Generator().manual_seed(0), 0, 200
+    xy, g, count, perms = torch.cat([x, y]), torch.Generator().manual_seed(0), 0, 100
     for _ in range(perms):
         idx = torch.randperm(2 * n, generator=g)
         count += int(_mmd2(xy[idx[:n]], xy[idx[n:]]) >= stat)
@@ -55,9 +60,9 @@ def test_samples_match_heldout_data_mmd(name):
 @pytest.mark.parametrize("name", ODE_PRIORS)
 def test_ode_density_integrates_to_one_on_a_grid(name):
     prior = priors.load(name)
-    gx, gy = torch.linspace(-4, 4, 100), torch.linspace(-3, 3, 75)
+    gx, gy = torch.linspace(-4, 4, 80), torch.linspace(-3, 3, 60)
     pts = torch.stack(torch.meshgrid(gx, gy, indexing="ij"), -1).reshape(-1, 2)
-    lp, info = prior.ode_log_prob(pts, steps=40)
+    lp, info = prior.ode_log_prob(pts, steps=30)
     mass = lp.exp().sum() * (gx[1] - gx[0]) * (gy[1] - gy[0])
     assert abs(mass.item() - 1.0) < 0.05, (name, mass.item(), info)
 
