@@ -3,6 +3,8 @@
 Run the suite on a GPU with ``pytest --device cuda``; in float64 with ``--dtype float64``.
 """
 
+import os
+
 import pyro
 import pytest
 import torch
@@ -14,6 +16,9 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # One intra-op thread: the tests' tensors are small, and on a shared 2-core machine two
+    # threads per process oversubscribe the cores (measured 5-10x slower under load).
+    torch.set_num_threads(int(os.environ.get("BED_TEST_THREADS", "1")))
     device = config.getoption("--device")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise pytest.UsageError("--device cuda given but CUDA is not available")
