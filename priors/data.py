@@ -13,7 +13,15 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["location_finding_sources", "two_moons"]
+__all__ = [
+    "digits16",
+    "digits16_mean",
+    "digits16_split",
+    "digits16_test",
+    "location_finding_sources",
+    "random_patch_masks",
+    "two_moons",
+]
 
 
 def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0.1) -> Tensor:
@@ -57,3 +65,106 @@ def location_finding_sources(
         An `n x K x d` tensor.
     """
     return torch.randn(n, num_sources, dim, generator=generator)
+
+
+# ---------------------------------------------------------------------- digits (16 x 16)
+#: held-out fraction of scikit-learn's 1797 digits (a fixed permutation, seed 0)
+DIGITS_TEST_FRACTION = 0.2
+_DIGITS_CACHE: dict[str, Tensor] = {}
+
+
+def digits16_split(split: str = "train") -> Tensor:
+    """All images of one split of scikit-learn's bundled 8x8 digits, upsampled to 16x16.
+
+    The 1797 images (``sklearn.datasets.load_digits``, shipped inside scikit-learn, no
+    download) are permuted with a fixed ``torch.Generator`` seed 0; the first 20 % (359
+    images) are the ``"test"`` split and the rest (1438) the ``"train"`` split. Each image
+    (integer intensities 0..16) is scaled to ``[-1, 1]`` (``x / 8 - 1``) and upsampled
+    bilinearly (``torch.nn.functional.interpolate``, ``align_corners=False``) to 16x16, so
+    values stay in ``[-1, 1]``.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        An `n x 16 x 16` tensor (float32 for the default dtype).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"digits16_split: split must be 'train' or 'test', got {split!r}")
+    if split not in _DIGITS_CACHE:
+        from sklearn.datasets import load_digits
+
+        raw = torch.as_tensor(load_digits().data, dtype=torch.get_default_dtype())  # (1797, 64)
+        x = (raw / 8.0 - 1.0).reshape(-1, 1, 8, 8)  # (1797, 1, 8, 8) in [-1, 1]
+        x = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+        x = x[:, 0]  # (1797, 16, 16)
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+        n_test = round(DIGITS_TEST_FRACTION * x.shape[0])
+        _DIGITS_CACHE["test"] = x[perm[:n_test]].contiguous()
+        _DIGITS_CACHE["train"] = x[perm[n_test:]].contiguous()
+    return _DIGITS_CACHE[split].clone()
+
+
+def digits16(n: int, generator: torch.Generator | None = None, split: str = "train") -> Tensor:
+    """``n`` draws (with replacement) from one split of the 16x16 digits (``digits16_split``).
+
+    Args:
+        n: number of images.
+        generator: CPU random generator (picks the images).
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        An `n x 16 x 16` tensor in ``[-1, 1]``.
+    """
+    images = digits16_split(split)
+    idx = torch.randint(images.shape[0], (n,), generator=generator)
+    return images[idx]
+
+
+def digits16_test(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """The held-out digits: all test images when ``n >= 359`` (in a fixed order), else ``n``
+    of them drawn without replacement by ``generator``. Shape `n' x 16 x 16`."""
+    images = digits16_split("test")
+    if n >= images.shape[0]:
+        return images
+    return images[torch.randperm(images.shape[0], generator=generator)[:n]]
+
+
+def digits16_mean() -> Tensor:
+    """The mean image of the ``"train"`` split of the 16x16 digits, `16 x 16`."""
+    return digits16_split("train").mean(0)
+
+
+def random_patch_masks(
+    n: int,
+    image_shape: tuple[int, int] = (16, 16),
+    patch: int = 4,
+    min_patches: int = 1,
+    max_patches: int = 8,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Boolean masks of ``k ~ U{min_patches..max_patches}`` square patches per image, each at a
+    uniform integer top-left corner (patches may overlap), e.g. the observed pixels of an
+    inpainting measurement.
+
+    Args:
+        n: number of masks.
+        image_shape: ``(H, W)``.
+        patch: side length of a patch.
+        min_patches, max_patches: range of the number of patches (inclusive).
+        generator: CPU random generator.
+
+    Returns:
+        An `n x H x W` boolean tensor.
+    """
+    h, w = image_shape
+    k = torch.randint(min_patches, max_patches + 1, (n, 1), generator=generator)  # (n, 1)
+    rows = torch.randint(0, h - patch + 1, (n, max_patches), generator=generator)
+    cols = torch.randint(0, w - patch + 1, (n, max_patches), generator=generator)
+    used = torch.arange(max_patches)[None] < k  # (n, max_patches)
+    r = torch.arange(h)[None, None, :]  # (1, 1, H)
+    c = torch.arange(w)[None, None, :]  # (1, 1, W)
+    in_r = (r >= rows[..., None]) & (r < rows[..., None] + patch)  # (n, P, H)
+    in_c = (c >= cols[..., None]) & (c < cols[..., None] + patch)  # (n, P, W)
+    masks = in_r[..., :, None] & in_c[..., None, :] & used[..., None, None]  # (n, P, H, W)
+    return masks.any(1)

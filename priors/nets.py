@@ -9,6 +9,9 @@ use ``1000 / T`` for the mean-reverting SDE's ``[0, T]``).
 - ``TimeUNet``: a small UNet (GroupNorm, SiLU, sinusoidal time embedding added in every residual
   block) for single- or few-channel images, sized for 16x16 and 32x32 (two or three
   resolutions; side lengths divisible by ``2 ** (len(mults) - 1)``).
+- ``ConditionalTimeUNet``: ``net(x, mu, t)``, a ``TimeUNet`` over ``x`` and a same-shape
+  condition ``mu`` stacked as two channels (the IR-SDE's conditional noise network), and
+  ``IRSDEModel`` / ``irsde_unet``: it with a ``MeanRevertingSDE`` (the zoo's ``"irsde"`` kind).
 """
 
 from __future__ import annotations
@@ -20,9 +23,18 @@ import torch
 from torch import Tensor, nn
 
 from priors.diffusion import DiffusionModel
-from priors.sde import VPSDE
+from priors.sde import VPSDE, MeanRevertingSDE
 
-__all__ = ["SinusoidalEmbedding", "TimeMLP", "TimeUNet", "vp_mlp", "vp_unet"]
+__all__ = [
+    "ConditionalTimeUNet",
+    "IRSDEModel",
+    "SinusoidalEmbedding",
+    "TimeMLP",
+    "TimeUNet",
+    "irsde_unet",
+    "vp_mlp",
+    "vp_unet",
+]
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -245,3 +257,128 @@ def vp_unet(
     net = TimeUNet(event_shape, base=base, mults=mults)
     sde = VPSDE(beta_min=beta_min, beta_max=beta_max)
     return DiffusionModel(net, sde, "eps", ode_steps=ode_steps, sde_steps=sde_steps, t_min=t_min)
+
+
+# ---------------------------------------------------------------------- conditional (IR-SDE)
+class ConditionalTimeUNet(nn.Module):
+    """``net(x (N, H, W), mu (N, H, W), t (N,)) -> (N, H, W)``: a ``TimeUNet`` whose input is
+    ``x`` and the condition ``mu`` stacked as two channels and whose output is one channel
+    (zero-initialised), as the IR-SDE's "ConditionalUNet" (methods.md section 2.1).
+
+    Args:
+        event_shape: ``(H, W)`` of one image.
+        base: channels at full resolution.
+        mults: channel multipliers per resolution.
+        time_dim: sinusoidal embedding size.
+        groups: GroupNorm groups.
+        time_scale: multiplier of ``t`` before embedding (``1000 / T`` for times in ``[0, T]``).
+
+    Example:
+        >>> net = ConditionalTimeUNet((8, 8), base=8, mults=(1, 2))
+        >>> net(torch.zeros(2, 8, 8), torch.zeros(2, 8, 8), torch.rand(2)).shape
+        torch.Size([2, 8, 8])
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        base: int = 32,
+        mults: Sequence[int] = (1, 2),
+        time_dim: int = 64,
+        groups: int = 8,
+        time_scale: float = 10.0,
+    ) -> None:
+        super().__init__()
+        event_shape = tuple(event_shape)
+        if len(event_shape) != 2:
+            raise ValueError(f"ConditionalTimeUNet: event_shape must be (H, W), got {event_shape}")
+        self.event_shape = event_shape
+        self.unet = TimeUNet((2,) + event_shape, base, mults, time_dim, groups, time_scale)
+        last = self.unet.out[-1]
+        self.unet.out[-1] = nn.Conv2d(last.in_channels, 1, 3, padding=1)  # one output channel
+        nn.init.zeros_(self.unet.out[-1].weight)
+        nn.init.zeros_(self.unet.out[-1].bias)
+
+    def forward(self, x: Tensor, mu: Tensor, t: Tensor) -> Tensor:
+        h = torch.stack([x, mu], 1)  # (N, 2, H, W)
+        return self.unet(h, t)[:, 0]  # (N, H, W)
+
+
+class IRSDEModel(nn.Module):
+    r"""An amortised conditional IR-SDE: a noise network ``net(x_t, mu, t)`` and a
+    ``MeanRevertingSDE`` whose mean is the per-sample condition ``mu`` (methods.md section 2).
+
+    ``mu`` is a point estimate of ``x_0`` of the same shape: for partial observations (a
+    boolean ``mask`` and observed ``values``) :meth:`point_estimate` fills the unobserved
+    entries with the buffer ``fill`` (the training data's mean image). The score is
+    :math:`-\hat\varepsilon / \bar\sigma_t`. Samplers live in ``bed.conditioning.irsde``.
+
+    Args:
+        net: ``net(x (N, *event), mu (N, *event), t (N,)) -> (N, *event)``, predicting noise.
+        sde: the mean-reverting SDE (its ``mu`` is overridden per call).
+        fill: the value of unobserved entries in ``point_estimate``, `(*event)` or a scalar.
+    """
+
+    def __init__(self, net: nn.Module, sde: MeanRevertingSDE, fill: Tensor | float = 0.0) -> None:
+        super().__init__()
+        self.net = net
+        self.sde = sde
+        self.event_shape = tuple(net.event_shape)
+        fill = torch.as_tensor(fill, dtype=torch.get_default_dtype())
+        self.register_buffer("fill", fill.expand(self.event_shape).clone())
+
+    def point_estimate(self, values: Tensor, mask: Tensor) -> Tensor:
+        """``mu = where(mask, values, fill)``; ``values`` and ``mask`` are `(..., *event)`."""
+        return torch.where(mask, values, self.fill.to(values))
+
+    def noise(self, x: Tensor, mu: Tensor, t: Tensor | float) -> Tensor:
+        """Predicted noise at ``x`` `(N, *event)` given ``mu`` `(N, *event)`, ``t`` scalar or `(N,)`."""
+        t = torch.as_tensor(t, device=x.device, dtype=x.dtype).expand(x.shape[:1])
+        return self.net(x, mu, t)
+
+    def loss(self, x0: Tensor, mu: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        r"""The IR-SDE maximum-likelihood loss (L1, methods.md section 2.4), mean over the batch:
+        :math:`i \sim U\{1..T\}`, :math:`x_i = \mu + e^{-\bar\theta_i}(x_0 - \mu)
+        + \bar\sigma_i \varepsilon`, one Euler reverse step regressed on the bridge mean.
+
+        Args:
+            x0: clean data `(N, *event)`; mu: conditions `(N, *event)`.
+            generator: source of ``i`` and the noise.
+        """
+        n = x0.shape[0]
+        i = torch.randint(1, self.sde.steps + 1, (n,), generator=generator, device=x0.device)
+        i = i.to(x0.dtype)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_i = self.sde.perturb(x0, i, noise, mu)
+        eps_hat = self.net(x_i, mu, i)
+        return self.sde.ml_loss(eps_hat, x_i, x0, i, mu).mean()
+
+
+def irsde_unet(
+    event_shape: Sequence[int],
+    base: int = 32,
+    mults: Sequence[int] = (1, 2),
+    lam: float = 0.5,
+    T: int = 100,
+    schedule: str = "cosine",
+    eps: float = 0.005,
+    fill: float | str = 0.0,
+) -> IRSDEModel:
+    """An ``IRSDEModel``: a ``ConditionalTimeUNet`` with a ``MeanRevertingSDE`` (zoo
+    architecture ``"irsde_unet"``).
+
+    Args:
+        event_shape: ``(H, W)``.
+        base, mults: the UNet's widths.
+        lam, T, schedule, eps: the SDE (``MeanRevertingSDE``).
+        fill: the unobserved-entry value of ``point_estimate``: a float, or the name of a
+            function of ``priors.data`` returning the mean image (e.g. ``"digits16_mean"``);
+            it is a buffer, so the checkpoint restores it either way.
+    """
+    net = ConditionalTimeUNet(event_shape, base=base, mults=mults, time_scale=1000.0 / T)
+    sde = MeanRevertingSDE(lam=lam, T=T, schedule=schedule, eps=eps)
+    if isinstance(fill, str):
+        from priors import data
+
+        fill = getattr(data, fill)()
+    return IRSDEModel(net, sde, fill)

@@ -30,11 +30,12 @@ from priors.base import GenerativePrior
 from priors.diffusion import DiffusionPrior
 from priors.flow import FlowPrior, neural_spline, realnvp
 from priors.flow_matching import FlowMatchingPrior
-from priors.nets import TimeMLP, vp_mlp, vp_unet
+from priors.nets import TimeMLP, irsde_unet, vp_mlp, vp_unet
 
 __all__ = [
     "ARCHITECTURES",
     "CHECKPOINT_DIR",
+    "CONDITIONAL_DIR",
     "KINDS",
     "UnknownPriorError",
     "available",
@@ -57,6 +58,12 @@ KINDS: dict[str, Callable[..., GenerativePrior]] = {"flow": FlowPrior}
 # diffusion and flow-matching priors (priors.nets builds their modules)
 ARCHITECTURES.update(vp_mlp=vp_mlp, vp_unet=vp_unet, time_mlp=TimeMLP)
 KINDS.update(diffusion=DiffusionPrior.from_module, flow_matching=FlowMatchingPrior)
+
+#: conditional models (not priors: no log_prob, not listed by ``available()``) live here and
+#: load with ``load(name, root=CONDITIONAL_DIR)``; kind ``"irsde"`` loads the ``IRSDEModel``.
+CONDITIONAL_DIR = CHECKPOINT_DIR / "conditional"
+ARCHITECTURES.update(irsde_unet=irsde_unet)
+KINDS.update(irsde=lambda module, event_shape=None: module)
 
 
 class UnknownPriorError(KeyError):

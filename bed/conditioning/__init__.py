@@ -10,7 +10,9 @@ One entry point, :func:`condition`, dispatches to a registry of methods (one mod
 - ``"smc"``: twisted Feynman-Kac SMC for diffusion priors (:mod:`bed.conditioning.smc`);
 - ``"dps"``: diffusion posterior sampling, the biased baseline (:mod:`bed.conditioning.dps`);
 - ``"fbs"``: forward-backward bridging Gibbs-CSMC for coordinate-subset observations
-  (:mod:`bed.conditioning.fbs`).
+  (:mod:`bed.conditioning.fbs`);
+- ``"irsde"``: an amortised (trained) conditional mean-reverting SDE from a point estimate
+  ``mu(y)`` (:mod:`bed.conditioning.irsde`).
 
 A new method module registers ``run(problem, *, option=...) -> Posterior`` with
 ``@bed.conditioning.base.register("name")`` and is imported below.
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bed.conditioning import dps, ess, exact, fbs, nuts, smc  # noqa: F401  (registration)
+from bed.conditioning import dps, ess, exact, fbs, irsde, nuts, smc  # noqa: F401  (registration)
 from bed.conditioning.base import (
     Posterior,
     Problem,

@@ -1,0 +1,193 @@
+"""Benchmark (issue 4, part c): digits-16 inpainting, quality vs wall time per method.
+
+Held-out digits (``priors.data.digits16_test``, fixed seed), each observed through 1-8 random
+4x4 patches (``PatchObservation``, noise 0.1: the measurement ``digits-16-irsde`` was trained
+for). Methods, each drawing ``--samples`` posterior draws per image:
+
+- ``irsde``: the amortised conditional IR-SDE (``model="digits-16-irsde"``), T = 100 network
+  calls per draw, in its ``"posterior"`` and ``"sde"`` modes;
+- ``dps``: diffusion posterior sampling on the ``digits-16`` prior (biased baseline);
+- ``smc``: twisted Feynman-Kac SMC on the ``digits-16`` prior (TDS proposals, SNR tempering),
+  particles = draws;
+- ``fbs``: forward-backward bridging Gibbs-CSMC on the same prior (small setting; with
+  ``--fbs``);
+- ``mu``: the point estimate itself (observed pixels, train mean elsewhere), no sampling.
+
+Metrics on the posterior mean (clamped to [-1, 1]) against the true image: PSNR (peak-to-peak
+2) and SSIM (a small torch implementation: 7x7 Gaussian window, sigma 1.5, data range 2, mean
+over the 10x10 valid positions), averaged over images; wall time per image (``bed.condition``'s
+``wall_time``) and network evaluations per image.
+
+Run: ``OMP_NUM_THREADS=1 python -P benchmarks/inpainting.py`` (``-P``: keep benchmarks/priors.py
+from shadowing the ``priors`` package); writes ``benchmarks/results/inpainting.json`` and prints
+a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import bed
+import priors
+from bed.conditioning.irsde import PatchObservation, load_model, masked_point_estimate
+from priors.data import digits16_test
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, size: int = 7) -> float:
+    """Mean SSIM (Wang et al. 2004) of two `H x W` images: Gaussian window ``size`` x ``size``
+    (sigma 1.5), constants ``(0.01 L)^2`` and ``(0.03 L)^2``, valid positions only."""
+    ax = torch.arange(size, dtype=x.dtype) - (size - 1) / 2
+    g = torch.exp(-(ax**2) / (2 * 1.5**2))
+    w = (g[:, None] * g[None, :]) / g.sum() ** 2  # (size, size), sums to 1
+    w = w[None, None]
+
+    def filt(a: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(a[None, None], w)[0, 0]  # (H - size + 1, W - size + 1)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = filt(x), filt(y)
+    vx, vy = filt(x * x) - mx**2, filt(y * y) - my**2
+    cxy = filt(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB on the [-1, 1] range (peak-to-peak 2)."""
+    return float(10 * torch.log10(4.0 / (x - y).pow(2).mean()))
+
+
+def methods(samples: int, fbs: bool) -> dict[str, dict]:
+    out = {
+        "irsde (posterior, T=100)": {
+            "method": "irsde",
+            "model": "digits-16-irsde",
+            "mode": "posterior",
+        },
+        "irsde (sde, T=100)": {"method": "irsde", "model": "digits-16-irsde", "mode": "sde"},
+        "dps (100 steps)": {"method": "dps", "steps": 100},
+        "smc (100 steps)": {"method": "smc", "steps": 100, "num_particles": samples},
+    }
+    if fbs:
+        out["fbs (8 chains, N=8, 50 steps)"] = {
+            "method": "fbs",
+            "num_particles": 8,
+            "steps": 50,
+            "num_chains": 8,
+            "warmup": 4,
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--fbs", action="store_true", help="also run FBS (slow on CPU)")
+    parser.add_argument("--out", default="benchmarks/results/inpainting.json")
+    args = parser.parse_args()
+
+    prior = priors.load("digits-16")
+    lik = PatchObservation(patch=4, noise=0.1)
+    exp = bed.Experiment(
+        prior, lik, bed.Box([0.0, 0.0], [12.0, 12.0]), name="digits-16-inpainting"
+    )
+    g = torch.Generator().manual_seed(0)
+    truth = digits16_test(args.images, g)
+    cases = []
+    for x in truth:
+        k = int(torch.randint(1, 9, (), generator=g))
+        designs = torch.randint(0, 13, (k, 2), generator=g).to(x)
+        noise = torch.randn((k, 4, 4), generator=g)
+        y = lik(x, designs).mean + 0.1 * noise  # (k, 4, 4)
+        cases.append((x, designs, y))
+
+    model = load_model("digits-16-irsde")
+    mus = [masked_point_estimate(model, lik.observed_index, d, y)[0] for _, d, y in cases]
+    rows: dict[str, dict] = {
+        "mu (masked point estimate)": {
+            "psnr": [psnr(m.clamp(-1, 1), x) for m, (x, _, _) in zip(mus, cases)],
+            "ssim": [ssim(m.clamp(-1, 1), x) for m, (x, _, _) in zip(mus, cases)],
+            "wall_time_s": [0.0],
+            "num_evals": [0],
+        }
+    }
+    for name, opts in methods(args.samples, args.fbs).items():
+        opts = dict(opts)
+        method = opts.pop("method")
+        per = {"psnr": [], "ssim": [], "wall_time_s": [], "num_evals": []}
+        for i, (x, designs, y) in enumerate(cases):
+            post = bed.condition(
+                exp, designs, y, method, args.samples,
+                generator=torch.Generator().manual_seed(100 + i), **opts,
+            )  # fmt: skip
+            mean = post.samples.mean(0).clamp(-1, 1)
+            per["psnr"].append(psnr(mean, x))
+            per["ssim"].append(ssim(mean, x))
+            per["wall_time_s"].append(post.diagnostics["wall_time"])
+            per["num_evals"].append(int(post.diagnostics.get("num_evals", 0)))
+        rows[name] = per
+        print(name, f"PSNR {statistics.mean(per['psnr']):.2f}", flush=True)
+
+    summary = {
+        name: {
+            "psnr_mean": statistics.mean(r["psnr"]),
+            "psnr_se": statistics.stdev(r["psnr"]) / len(r["psnr"]) ** 0.5,
+            "ssim_mean": statistics.mean(r["ssim"]),
+            "wall_time_s_per_image": statistics.mean(r["wall_time_s"]),
+            "num_evals_per_image": statistics.mean(r["num_evals"]),
+        }
+        for name, r in rows.items()
+    }
+    out = {
+        "benchmark": "inpainting",
+        "setting": {
+            "images": args.images,
+            "samples_per_image": args.samples,
+            "measurement": "1-8 random 4x4 patches (uniform corners), Gaussian noise 0.1",
+            "prior": "digits-16",
+            "irsde_model": "digits-16-irsde",
+            "metric": "PSNR (dB, range 2) and SSIM (7x7 Gaussian window) of the posterior mean",
+        },
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "summary": summary,
+        "per_image": rows,
+    }
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(markdown(out))
+
+
+def markdown(out: dict) -> str:
+    s = out["setting"]
+    lines = [
+        (
+            f"digits-16 inpainting, {s['images']} held-out images, {s['samples_per_image']} draws "
+            f"each, {s['measurement']} ({out['machine']['threads']} CPU thread(s)):"
+        ),
+        "",
+        "| method | PSNR (dB) | SSIM | wall time / image (s) | network evals / image |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in out["summary"].items():
+        lines.append(
+            f"| {name} | {r['psnr_mean']:.2f} ± {r['psnr_se']:.2f} | {r['ssim_mean']:.3f} "
+            f"| {r['wall_time_s_per_image']:.2f} | {r['num_evals_per_image']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
