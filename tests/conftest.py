@@ -5,6 +5,10 @@ Run the suite on a GPU with ``pytest --device cuda``; in float64 with ``--dtype 
 
 import os
 
+# Notebook kernels (nbmake) and Dask workers are child processes: they inherit this, so they too
+# run one OpenMP thread instead of oversubscribing a small machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pyro
 import pytest
 import torch
