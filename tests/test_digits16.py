@@ -77,7 +77,8 @@ def test_pixel_histogram_matches_heldout(samples):
     # real images: hist_l1 ~ 0.02; a prior that never reaches the background value -1 or
     # spreads mass uniformly scores > 0.3
     assert s["hist_l1"] < 0.15, s
-    assert float(samples.min()) > -1.5 and float(samples.max()) < 1.5
+    # the data lie in [-1, 1]: almost no sample pixel may leave [-1.2, 1.2] (measured: 0.02 %)
+    assert (samples.abs() > 1.2).float().mean() < 5e-3
 
 
 def test_push_shapes_and_gradient():
