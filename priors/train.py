@@ -297,7 +297,7 @@ register(
         architecture="irsde_unet",
         config={"event_shape": [16, 16], "base": 24, "mults": [1, 2], "lam": 0.5, "T": 100,
                 "schedule": "cosine", "eps": 0.005, "fill": "digits16_mean"},
-        steps=1200,
+        steps=1800,
         batch_size=128,
         lr=2e-3,
         num_heldout=359,

