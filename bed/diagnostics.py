@@ -33,7 +33,9 @@ __all__ = ["sliced_wasserstein", "sw_ratio"]
 
 def _flat(x: Tensor, site: str) -> Tensor:
     if x.dim() < 2:
-        raise ValueError(f"{site}: expected `N x *event` samples (>= 2 dims), got {tuple(x.shape)}")
+        raise ValueError(
+            f"{site}: expected `N x *event` samples (>= 2 dims), got {tuple(x.shape)}"
+        )
     return x.reshape(x.shape[0], -1)
 
 

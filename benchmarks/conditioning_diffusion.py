@@ -25,6 +25,7 @@ import torch
 
 import bed
 import priors
+from bed.diagnostics import sliced_wasserstein
 
 NUM_SAMPLES = 2000
 
@@ -71,10 +72,7 @@ def exact_draws(prior, obs_idx, y, noise, n, seed):
 
 def sw(x, y, seed=0, num_projections=200):
     g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(x.shape[1], num_projections, generator=g, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=0)
-    px, py = (x.double() @ dirs).sort(0).values, (y.double() @ dirs).sort(0).values
-    return float((px - py).abs().mean())
+    return float(sliced_wasserstein(x, y, num_projections, g))
 
 
 def case(d, k, obs, noise, seed):

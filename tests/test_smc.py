@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import bed
+import bed.diagnostics
 import priors
 from bed.conditioning.exact import gaussian_posterior
 
@@ -62,13 +63,9 @@ def mixture_case():
 
 
 def sliced_wasserstein(x, y, num_projections=200, seed=0):
-    """SW1 between equal-size samples `N x D`, fixed projections."""
+    """SW1 between equal-size samples `N x D`, fixed projections (bed.diagnostics)."""
     g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(x.shape[1], num_projections, generator=g, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=0)
-    px = (x.double() @ dirs).sort(0).values
-    py = (y.double() @ dirs).sort(0).values
-    return float((px - py).abs().mean())
+    return float(bed.diagnostics.sliced_wasserstein(x, y, num_projections, g))
 
 
 def gm_draws(weights, means, covs, n, seed):
