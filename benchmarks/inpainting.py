@@ -33,7 +33,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -41,9 +40,7 @@ import torch.nn.functional as F
 
 import bed
 import priors
-from bed.conditioning import dps
 from bed.conditioning.irsde import PatchObservation, load_model, masked_point_estimate
-from bed.conditioning.smc import TweedieTwist
 from priors.data import digits16_test
 
 
@@ -71,25 +68,6 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(10 * torch.log10(4.0 / (x - y).pow(2).mean()))
 
 
-def dps_snr(exp, designs, y, num_samples, steps=100, generator=None) -> dict:
-    """DPS with SNR-tempered guidance: ``bed.conditioning.dps`` steps with the twist
-    ``TweedieTwist(tempering="snr")``; returns ``{"samples", "wall_time", "num_evals"}``."""
-    prior = exp.prior
-    tw = TweedieTwist(prior, lambda th: exp.log_likelihood(th, designs, y), True, "snr")
-    ts = prior.time_grid(steps)
-    start = time.perf_counter()
-    with torch.no_grad():
-        z = torch.randn((num_samples, *prior.event_shape), generator=generator)
-        state = dps.init(prior.sde.prior_sample(z))
-        for _ in range(steps):
-            state, _ = dps.step(state, tw, ts, generator, 1.0)
-    return {
-        "samples": state.x,
-        "wall_time": time.perf_counter() - start,
-        "num_evals": tw.num_evals,
-    }
-
-
 def methods(samples: int, fbs: bool) -> dict[str, dict]:
     out = {
         "irsde (posterior, T=100)": {
@@ -99,7 +77,11 @@ def methods(samples: int, fbs: bool) -> dict[str, dict]:
         },
         "irsde (sde, T=100)": {"method": "irsde", "model": "digits-16-irsde", "mode": "sde"},
         "dps (100 steps, guidance 1)": {"method": "dps", "steps": 100},
-        "dps-snr (100 steps, SNR-tempered guidance)": {"method": "dps-snr", "steps": 100},
+        "dps-snr (100 steps, SNR-tempered guidance)": {
+            "method": "dps",
+            "steps": 100,
+            "tempering": "snr",
+        },
         "smc (100 steps)": {"method": "smc", "steps": 100, "num_particles": samples},
     }
     if fbs:
@@ -152,19 +134,14 @@ def main() -> None:
         per = {"psnr": [], "ssim": [], "wall_time_s": [], "num_evals": [], "diverged": 0}
         for i, (x, designs, y) in enumerate(cases):
             gen = torch.Generator().manual_seed(100 + i)
-            if method == "dps-snr":
-                res = dps_snr(exp, designs, y, args.samples, opts["steps"], gen)
-            else:
-                try:
-                    post = bed.condition(
-                        exp, designs, y, method, args.samples, generator=gen, **opts
-                    )
-                except ValueError as err:  # NaN/inf reached the likelihood: diverged
-                    if "invalid values" not in str(err):
-                        raise
-                    per["diverged"] += 1
-                    continue
-                res = {"samples": post.samples, **post.diagnostics}
+            try:
+                post = bed.condition(exp, designs, y, method, args.samples, generator=gen, **opts)
+            except ValueError as err:  # NaN/inf reached the likelihood: diverged
+                if "invalid values" not in str(err):
+                    raise
+                per["diverged"] += 1
+                continue
+            res = {"samples": post.samples, **post.diagnostics}
             mean = res["samples"].mean(0).clamp(-1, 1)
             per["psnr"].append(psnr(mean, x))
             per["ssim"].append(ssim(mean, x))
