@@ -141,7 +141,9 @@ METHODS = {
     "fbs": ("diffusion", {"num_chains": BLOCK, "num_particles": 16, "steps": 40, "warmup": 15}),
     "nuts": ("source", {"num_chains": 4, "warmup": 150, "full_mass": True}),
 }
-OVERRIDES = {("ess", "mixture"): {"warmup": 60}}  # each step costs 10 Heun steps
+# mixture: chains must move mass between the modes; warmup 60 gave SW_ratio 1.65 (mode weight
+# +0.016) at seed 2, warmup 150 gives 1.06 (-0.001); each step costs 10 Heun steps
+OVERRIDES = {("ess", "mixture"): {"warmup": 150}}
 
 SMC_SHARP = pytest.mark.xfail(
     strict=True,
