@@ -57,8 +57,9 @@ def _eig_panel(ax, ds: xr.Dataset) -> None:
 def _points_panel(ax, ds, t, bounds, designs, theta) -> None:
     post = _points(ds["posterior"].values[t])
     ax.scatter(post[:, 0], post[:, 1], s=3, alpha=0.3, color="tab:blue", label="posterior")
-    ax.scatter(designs[:t, 0], designs[:t, 1], s=12, color="0.5", label="earlier designs")
-    ax.scatter(designs[t, 0], designs[t, 1], s=60, marker="x", color="tab:red", label="design")
+    before, now = designs[:t].reshape(-1, 2), designs[t]  # (t q, 2), (q, 2)
+    ax.scatter(before[:, 0], before[:, 1], s=12, color="0.5", label="earlier designs")
+    ax.scatter(now[:, 0], now[:, 1], s=60, marker="x", color="tab:red", label="design")
     if theta is not None:
         th = _points(theta[None])
         ax.scatter(th[:, 0], th[:, 1], s=90, marker="*", color="k", label="theta_true")
@@ -81,8 +82,9 @@ def _field_panel(ax, image, bounds, designs, t, vrange=None) -> None:
         vmin=None if vrange is None else vrange[0],
         vmax=None if vrange is None else vrange[1],
     )
-    ax.scatter(designs[:t, 0], designs[:t, 1], s=12, color="w", edgecolors="k", lw=0.5)
-    ax.scatter(designs[t, 0], designs[t, 1], s=60, marker="x", color="tab:red")
+    before, now = designs[:t].reshape(-1, 2), designs[t]  # (t q, 2), (q, 2)
+    ax.scatter(before[:, 0], before[:, 1], s=12, color="w", edgecolors="k", lw=0.5)
+    ax.scatter(now[:, 0], now[:, 1], s=60, marker="x", color="tab:red")
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -113,7 +115,8 @@ def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6
     n = ds.sizes["step"]
     kind = _kind(ds)
     bounds = _bounds(ds)
-    designs = ds["design"].values.reshape(n, -1)
+    designs = ds["design"].values  # (T, d), or (T, q, d) for batch records
+    designs = designs.reshape(n, -1, designs.shape[-1])  # (T, q, d)
     theta = ds["theta_true"].values if "theta_true" in ds else None
     if kind == "marginals":
         post = ds["posterior"].values.reshape(n, ds.sizes["sample"], -1)  # (T, S, D)
@@ -133,7 +136,7 @@ def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6
         axes[0].set_xlabel("step")
         axes[0].set_title("posterior mean +- sd (dashed: true)")
         axes[0].legend(fontsize=6)
-        axes[1].plot(np.arange(n), designs, marker="o", ms=3, lw=0.8)
+        axes[1].plot(np.arange(n), designs.reshape(n, -1), marker="o", ms=3, lw=0.8)
         axes[1].set_xlabel("step")
         axes[1].set_title("design")
         _eig_panel(axes[2], ds)
