@@ -102,8 +102,16 @@ class qEIG(AcquisitionFunction):
         batch, q = X.shape[:-2], X.shape[-2]
         X = X.to(self.theta).reshape(-1, q, d)  # (b, q, d)
         terms = eig.eig_terms(
-            self.exp, X, self.theta, self.outer, self.pool, self.valid, self.estimator,
-            eps=self._noise(q), seed=self.seed, max_elements=self.max_elements,
+            self.exp,
+            X,
+            self.theta,
+            self.outer,
+            self.pool,
+            self.valid,
+            self.estimator,
+            eps=self._noise(q),
+            seed=self.seed,
+            max_elements=self.max_elements,
         )  # (b, M)
         return terms.reshape(batch + terms.shape[-1:])
 

@@ -73,7 +73,7 @@ class Box(DesignSpace):
         u = torch.rand(n, self.dim, generator=generator, dtype=self.low.dtype)
         return self.low + (self.high - self.low) * u
 
-    def to(self, device=None, dtype=None) -> "Box":
+    def to(self, device=None, dtype=None) -> Box:
         return Box(self.low.to(device=device, dtype=dtype), self.high.to(device, dtype))
 
     def __repr__(self) -> str:
@@ -110,14 +110,16 @@ class Candidates(DesignSpace):
         dist = torch.cdist(flat, pts).min(-1).values  # (N,)
         if (dist > 1e-6 * (1 + pts.abs().max())).any():
             bad = flat[dist.argmax()]
-            raise ValueError(f"{site}: design {bad.tolist()} is not one of the {len(self)} candidates")
+            raise ValueError(
+                f"{site}: design {bad.tolist()} is not one of the {len(self)} candidates"
+            )
         return designs
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         idx = torch.randint(len(self), (n,), generator=generator)
         return self.points[idx]
 
-    def to(self, device=None, dtype=None) -> "Candidates":
+    def to(self, device=None, dtype=None) -> Candidates:
         return Candidates(self.points.to(device=device, dtype=dtype))
 
     def __repr__(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from pyro.distributions import TorchDistribution
@@ -70,7 +70,7 @@ class Experiment:
         prior: TorchDistribution | None = None,
         design_shape: tuple[int, ...] | None = None,
         name: str = "pyro-model",
-    ) -> "Experiment":
+    ) -> Experiment:
         """An experiment from a ``pyro.contrib.oed`` model ``model(design)``.
 
         The prior is the ``target`` site's distribution (unless given); the likelihood traces
@@ -149,8 +149,10 @@ class Experiment:
         lik = self.likelihood(theta_n, designs.to(theta))  # batch shape (*batch, n)
         return lik.log_prob(observations.to(theta)).sum(-1)  # (*batch)
 
-    def to(self, device=None, dtype=None) -> "Experiment":
-        prior = self.prior.to(device=device, dtype=dtype) if hasattr(self.prior, "to") else self.prior
+    def to(self, device=None, dtype=None) -> Experiment:
+        prior = (
+            self.prior.to(device=device, dtype=dtype) if hasattr(self.prior, "to") else self.prior
+        )
         space = self.design_space.to(device=device, dtype=dtype)
         new = copy.copy(self)
         new.prior, new.design_space = prior, space

@@ -184,7 +184,9 @@ def _optimize_gp(
     def fit() -> SingleTaskGP:
         yvar = train_se.pow(2).clamp_min(1e-4 * train_y.var().clamp_min(1e-12))  # floor: 1% of sd
         model = SingleTaskGP(
-            train_x, train_y, train_Yvar=yvar,
+            train_x,
+            train_y,
+            train_Yvar=yvar,
             input_transform=Normalize(train_x.shape[-1], bounds=bounds),
             outcome_transform=Standardize(1),
         )

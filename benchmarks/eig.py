@@ -46,9 +46,7 @@ def likelihood(theta: torch.Tensor, xi: torch.Tensor) -> dist.Normal:
 def pyro_model(design: torch.Tensor) -> torch.Tensor:
     """The same model in pyro.contrib.oed's convention (leading design dims are batch dims)."""
     batch = design.shape[:-1]
-    theta = pyro.sample(
-        "theta", dist.Normal(design.new_zeros(batch + (2, 2)), 1.0).to_event(2)
-    )
+    theta = pyro.sample("theta", dist.Normal(design.new_zeros(batch + (2, 2)), 1.0).to_event(2))
     return pyro.sample("y", dist.Normal(log_mu(theta, design), SIGMA))
 
 
@@ -75,7 +73,9 @@ def main(n: int = 500, l: int = 499) -> dict:
     designs = grid.unsqueeze(1)  # (256, 1, 2)
     res: dict = {
         "problem": "location finding K=2 d=2, 256 grid designs on [-4,4]^2",
-        "N_outer": n, "L_inner": l, "torch_threads": torch.get_num_threads(),
+        "N_outer": n,
+        "L_inner": l,
+        "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
 
@@ -109,59 +109,90 @@ def main(n: int = 500, l: int = 499) -> dict:
         "rms_bed_nmc_vs_pyro": rms(n1[0], p1),
         "corr_bed_nmc_vs_pyro": torch.corrcoef(torch.stack([n1[0], p1]))[0, 1].item(),
         "frac_within_3se": ((n1[0] - p1).abs() < 3 * math.sqrt(2) * n1[1]).float().mean().item(),
-        "max_eig_pyro": p1.max().item(), "max_eig_bed_nmc": n1[0].max().item(),
+        "max_eig_pyro": p1.max().item(),
+        "max_eig_bed_nmc": n1[0].max().item(),
         "max_eig_bed_pce": c1[0].max().item(),
     }
 
     scaling = []
-    for b, nn, ll in [(16, 500, 499), (64, 500, 499), (256, 500, 499),
-                      (256, 250, 249), (256, 1000, 499), (256, 1000, 999),
-                      (256, 500, 125), (256, 500, 250)]:
+    for b, nn, ll in [
+        (16, 500, 499),
+        (64, 500, 499),
+        (256, 500, 499),
+        (256, 250, 249),
+        (256, 1000, 499),
+        (256, 1000, 999),
+        (256, 500, 125),
+        (256, 500, 250),
+    ]:
         theta = exp.prior.sample((nn,))
         _, t = timed(lambda b=b, theta=theta, ll=ll: eig.pce(exp, designs[:b], theta, ll), 2)
-        scaling.append({"b": b, "N": nn, "L": ll, "time_s": t,
-                        "ns_per_eval": 1e9 * t / (b * nn * (ll + 1))})
+        scaling.append(
+            {"b": b, "N": nn, "L": ll, "time_s": t, "ns_per_eval": 1e9 * t / (b * nn * (ll + 1))}
+        )
     res["scaling_pce"] = scaling
 
     # one design step as the sequential loop runs it: qEIG + optimize_design on the box
     theta = exp.prior.sample((n,))
     acq = qEIG(exp, theta, num_inner=l)
     x, t_step = timed(lambda: optimize_design(acq, exp.design_space))
-    res["design_step"] = {"time_s": t_step, "num_restarts": 8, "raw_samples": 128,
-                          "design": x.tolist(), "N": n, "L": l}
+    res["design_step"] = {
+        "time_s": t_step,
+        "num_restarts": 8,
+        "raw_samples": 128,
+        "design": x.tolist(),
+        "N": n,
+        "L": l,
+    }
     return res
 
 
 def markdown(res: dict) -> str:
     e, a, s = res["error"], res["agreement"], res["time_s"]
     lines = [
-        (f"Location finding, 256 designs, N={res['N_outer']} outer, L={res['L_inner']} inner, "
-        f"{res['torch_threads']} thread(s)"),
+        (
+            f"Location finding, 256 designs, N={res['N_outer']} outer, L={res['L_inner']} inner, "
+            f"{res['torch_threads']} thread(s)"
+        ),
         "",
         "| estimator | time (s) | speedup vs pyro | RMS between seeds |",
         "|---|---|---|---|",
-        (f"| pyro.contrib.oed.nmc_eig | {s['pyro_nmc_eig']:.3f} | 1.0 | "
-        f"{e['pyro_rms_between_seeds']:.4f} |"),
-        (f"| bed.eig.nmc | {s['bed_nmc']:.3f} | {res['speedup_vs_pyro']['nmc']:.1f} | "
-        f"{e['bed_nmc_rms_between_seeds']:.4f} |"),
-        (f"| bed.eig.pce | {s['bed_pce']:.3f} | {res['speedup_vs_pyro']['pce']:.1f} | "
-        f"{e['bed_pce_rms_between_seeds']:.4f} |"),
+        (
+            f"| pyro.contrib.oed.nmc_eig | {s['pyro_nmc_eig']:.3f} | 1.0 | "
+            f"{e['pyro_rms_between_seeds']:.4f} |"
+        ),
+        (
+            f"| bed.eig.nmc | {s['bed_nmc']:.3f} | {res['speedup_vs_pyro']['nmc']:.1f} | "
+            f"{e['bed_nmc_rms_between_seeds']:.4f} |"
+        ),
+        (
+            f"| bed.eig.pce | {s['bed_pce']:.3f} | {res['speedup_vs_pyro']['pce']:.1f} | "
+            f"{e['bed_pce_rms_between_seeds']:.4f} |"
+        ),
         "",
-        (f"Agreement bed.nmc vs pyro: RMS {a['rms_bed_nmc_vs_pyro']:.4f}, corr "
-        f"{a['corr_bed_nmc_vs_pyro']:.4f}, within 3 se: {a['frac_within_3se']:.3f}; "
-        f"max EIG pyro {a['max_eig_pyro']:.3f}, bed nmc {a['max_eig_bed_nmc']:.3f}, "
-        f"bed pce {a['max_eig_bed_pce']:.3f}"),
+        (
+            f"Agreement bed.nmc vs pyro: RMS {a['rms_bed_nmc_vs_pyro']:.4f}, corr "
+            f"{a['corr_bed_nmc_vs_pyro']:.4f}, within 3 se: {a['frac_within_3se']:.3f}; "
+            f"max EIG pyro {a['max_eig_pyro']:.3f}, bed nmc {a['max_eig_bed_nmc']:.3f}, "
+            f"bed pce {a['max_eig_bed_pce']:.3f}"
+        ),
         "",
         "| b | N | L | pce time (s) | ns / likelihood eval |",
         "|---|---|---|---|---|",
     ]
     for r in res["scaling_pce"]:
-        lines.append(f"| {r['b']} | {r['N']} | {r['L']} | {r['time_s']:.3f} | "
-                     f"{r['ns_per_eval']:.2f} |")
+        lines.append(
+            f"| {r['b']} | {r['N']} | {r['L']} | {r['time_s']:.3f} | {r['ns_per_eval']:.2f} |"
+        )
     d = res["design_step"]
-    lines += ["", (f"One design step (qEIG pce + optimize_design, Box, {d['num_restarts']} "
-              f"restarts, {d['raw_samples']} raw samples, N={d['N']}, L={d['L']}): "
-              f"{d['time_s']:.2f} s")]
+    lines += [
+        "",
+        (
+            f"One design step (qEIG pce + optimize_design, Box, {d['num_restarts']} "
+            f"restarts, {d['raw_samples']} raw samples, N={d['N']}, L={d['L']}): "
+            f"{d['time_s']:.2f} s"
+        ),
+    ]
     return "\n".join(lines)
 
 

@@ -11,7 +11,8 @@ data -> source.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from pyro.distributions import Normal, TorchDistribution, constraints
@@ -47,7 +48,7 @@ class GenerativePrior(TorchDistribution):
         validate_args: Pyro/torch argument validation flag.
     """
 
-    arg_constraints: dict = {}
+    arg_constraints: ClassVar[dict] = {}
     has_rsample = True
     #: whether ``pull`` (data -> source) is available; subclasses with an inverse set True.
     has_pull = False
@@ -83,7 +84,7 @@ class GenerativePrior(TorchDistribution):
     def dtype(self) -> torch.dtype:
         return self._reference().dtype
 
-    def to(self, device=None, dtype=None) -> "GenerativePrior":
+    def to(self, device=None, dtype=None) -> GenerativePrior:
         """Return a new view whose module lives on ``device`` with floating dtype ``dtype``."""
         new = copy.copy(self)
         new.module = copy.deepcopy(self.module).to(device=device, dtype=dtype)
@@ -94,7 +95,7 @@ class GenerativePrior(TorchDistribution):
     def support(self):
         return constraints.independent(constraints.real, len(self.event_shape))
 
-    def expand(self, batch_shape, _instance=None) -> "GenerativePrior":
+    def expand(self, batch_shape, _instance=None) -> GenerativePrior:
         new = copy.copy(self)
         new._batch_shape = torch.Size(batch_shape)
         return new
@@ -120,11 +121,11 @@ class GenerativePrior(TorchDistribution):
         ``(..., *source_event_shape)``."""
         raise TypeError(f"{type(self).__name__} has no inverse map (pull); has_pull is False")
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         z = self.source.rsample(torch.Size(sample_shape))
         return self.push(z)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from priors.base import GenerativePrior
-from priors.ode import heun, integrate_with_divergence
+from priors.ode import change_of_variables, heun
 from priors.sde import OUSDE
 
 __all__ = ["DiffusionModel", "DiffusionPrior", "dsm_loss"]
@@ -323,23 +323,11 @@ class DiffusionPrior(GenerativePrior):
             self._validate_value(x)
         flat, batch = self._flatten_event(x, "log_prob")  # (N, D)
         x0 = flat.reshape((-1,) + tuple(self.event_shape))  # (N, *event)
-        d = self.event_shape.numel()
-        exact = d <= self.exact_divergence_max if exact is None else exact
-        probe = None
-        if not exact:
-            gen = torch.Generator().manual_seed(0) if generator is None else generator
-            probe = torch.randint(0, 2, x0.shape, generator=gen, device=gen.device)
-            probe = (2 * probe - 1).to(device=x.device, dtype=x.dtype)
+        exact = self.event_shape.numel() <= self.exact_divergence_max if exact is None else exact
         steps = self.ode_steps if steps is None else steps
         ts = self.time_grid(steps, like=x).flip(0)  # t_min -> T
-        x_T, integral, nfe = integrate_with_divergence(self.pf_ode_drift, x0, ts, probe)
+        x_T, integral, info = change_of_variables(self.pf_ode_drift, x0, ts, exact, generator)
         lp = self.sde.prior_log_prob(x_T, len(self.event_shape)) + integral  # (N,)
-        info = {
-            "nfe": nfe,  # network forward evaluations
-            "vjp": nfe * (d if exact else 1),  # vector-Jacobian products for the divergence
-            "divergence": "exact" if exact else "hutchinson",
-            "steps": steps,
-        }
         return lp.reshape(batch), info
 
     def log_prob(self, x: Tensor) -> Tensor:

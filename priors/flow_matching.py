@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from priors.base import GenerativePrior
-from priors.ode import heun, integrate_with_divergence
+from priors.ode import change_of_variables, heun
 
 __all__ = ["FlowMatchingPrior", "flow_matching_loss", "fm_loss"]
 
@@ -142,21 +142,10 @@ class FlowMatchingPrior(GenerativePrior):
         x1 = flat.reshape((-1,) + tuple(self.event_shape))  # (N, *event)
         d = self.event_shape.numel()
         exact = d <= self.exact_divergence_max if exact is None else exact
-        probe = None
-        if not exact:
-            gen = torch.Generator().manual_seed(0) if generator is None else generator
-            probe = torch.randint(0, 2, x1.shape, generator=gen, device=gen.device)
-            probe = (2 * probe - 1).to(device=x.device, dtype=x.dtype)
         steps = steps or self.steps
         ts = self.time_grid(steps, like=x).flip(0)  # 1 -> 0
-        z, integral, nfe = integrate_with_divergence(self.velocity, x1, ts, probe)
+        z, integral, info = change_of_variables(self.velocity, x1, ts, exact, generator)
         base = -0.5 * z.reshape(z.shape[0], -1).pow(2).sum(-1) - 0.5 * d * math.log(2 * math.pi)
-        info = {
-            "nfe": nfe,
-            "vjp": nfe * (d if exact else 1),
-            "divergence": "exact" if exact else "hutchinson",
-            "steps": steps,
-        }
         return (base + integral).reshape(batch), info
 
     def log_prob(self, x: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["divergence", "euler", "heun", "integrate_with_divergence"]
+__all__ = ["change_of_variables", "divergence", "euler", "heun", "integrate_with_divergence"]
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
 
@@ -109,3 +109,44 @@ def integrate_with_divergence(
         integral = integral + 0.5 * h * (div + div2)
         nfe += 2
     return x, integral, nfe
+
+
+def change_of_variables(
+    f: VectorField,
+    x: Tensor,
+    ts: Tensor,
+    exact: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, dict]:
+    r"""Transport data ``x`` along ``f`` to the reference end of ``ts``, with the divergence.
+
+    The shared body of the ODE priors' ``ode_log_prob``: with ``exact`` the divergence is
+    computed exactly (one backward pass per dimension), else it is a Hutchinson estimate with
+    one fixed Rademacher probe per point drawn from ``generator`` (default: seed 0 on CPU), so
+    the same points always give the same estimate.
+
+    Args:
+        f: the vector field ``f(x, t)``.
+        x: data points `(N, *event)` at ``ts[0]``.
+        ts: the time grid (1-D), from the data end to the reference end.
+        exact: exact divergence or a Hutchinson estimate.
+        generator: source of the Hutchinson probe.
+
+    Returns:
+        ``(x_end, integral, info)``: the reference-end state `(N, *event)`, the divergence
+        integral `(N,)`, and ``{"nfe", "vjp", "divergence", "steps"}``.
+    """
+    probe = None
+    if not exact:
+        gen = torch.Generator().manual_seed(0) if generator is None else generator
+        probe = torch.randint(0, 2, x.shape, generator=gen, device=gen.device)
+        probe = (2 * probe - 1).to(device=x.device, dtype=x.dtype)
+    x_end, integral, nfe = integrate_with_divergence(f, x, ts, probe)
+    d = x[0].numel()
+    info = {
+        "nfe": nfe,  # network forward evaluations
+        "vjp": nfe * (d if exact else 1),  # vector-Jacobian products for the divergence
+        "divergence": "exact" if exact else "hutchinson",
+        "steps": len(ts) - 1,
+    }
+    return x_end, integral, info

@@ -26,7 +26,9 @@ def belief(exp, n=512, seed=0):
 def test_qeig_hand_computed_value(dtype):
     theta = torch.tensor([[-1.0], [0.5], [2.0]], dtype=dtype)
     prior = priors.analytic.Gaussian(torch.zeros(1, dtype=dtype), torch.eye(1, dtype=dtype))
-    exp = Experiment(prior, lambda t, x: dist.Normal(t[..., 0] * x[..., 0], 1.0), Box([-1.0], [1.0]))
+    exp = Experiment(
+        prior, lambda t, x: dist.Normal(t[..., 0] * x[..., 0], 1.0), Box([-1.0], [1.0])
+    )
     acq = qEIG(exp, theta, num_inner=2)
     acq.base_noise = torch.tensor([[0.3], [-1.2], [0.5]], dtype=dtype)
     x = 0.7

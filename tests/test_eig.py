@@ -76,7 +76,9 @@ def test_nmc_matches_linear_gaussian(q):
     exp = linear_experiment()
     theta = exp.prior.sample_with_generator((2000,), torch.Generator().manual_seed(1))
     designs = designs_for(q)
-    est, se = eig.nmc(exp, designs, theta, num_inner=1999, generator=torch.Generator().manual_seed(2))
+    est, se = eig.nmc(
+        exp, designs, theta, num_inner=1999, generator=torch.Generator().manual_seed(2)
+    )
     truth = linear_truth(designs).to(est)
     assert est.shape == se.shape == (4,)
     assert ((est - truth).abs() < 3 * se + 0.01).all(), (est, se, truth)
@@ -140,8 +142,9 @@ def test_chunking_does_not_change_the_estimate():
     theta = exp.prior.sample_with_generator((300,), torch.Generator().manual_seed(9))
     designs = designs_for(2, b=7)
     a = eig.pce(exp, designs, theta, 200, generator=torch.Generator().manual_seed(1))
-    b = eig.pce(exp, designs, theta, 200, generator=torch.Generator().manual_seed(1),
-                max_elements=1000)
+    b = eig.pce(
+        exp, designs, theta, 200, generator=torch.Generator().manual_seed(1), max_elements=1000
+    )
     torch.testing.assert_close(a, b)
 
 
@@ -190,17 +193,18 @@ def test_total_bounds_on_fixed_designs():
 def oed_linear_model(design):
     """pyro.contrib.oed's linear model: `... x n x p` designs, w ~ N(0, 2^2 I_p)."""
     batch = design.shape[:-2]
-    w = pyro.sample(
-        "w", dist.Normal(design.new_zeros(batch + (2,)), 2.0).to_event(1)
-    )
+    w = pyro.sample("w", dist.Normal(design.new_zeros(batch + (2,)), 2.0).to_event(1))
     mean = torch.matmul(design, w.unsqueeze(-1)).squeeze(-1)
     return pyro.sample("y", dist.Normal(mean, 1.0).to_event(1))
 
 
 def test_from_model_runs_pyro_oed_models():
     exp = Experiment.from_model(
-        oed_linear_model, target="w", observation="y",
-        design_space=Box([-1.0, -1.0], [1.0, 1.0]), design_shape=(1, 2),
+        oed_linear_model,
+        target="w",
+        observation="y",
+        design_space=Box([-1.0, -1.0], [1.0, 1.0]),
+        design_shape=(1, 2),
     )
     assert exp.event_shape == (2,)
     assert exp.observation_shape() == (1,)
@@ -231,6 +235,6 @@ def test_normal_fast_path_matches_generic_log_prob(estimator):
     fast = f(exp, designs, theta, 150, generator=torch.Generator().manual_seed(13))
     slow = f(generic, designs, theta, 150, generator=torch.Generator().manual_seed(13))
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
-    g_fast, = torch.autograd.grad(fast[0].sum(), designs)
-    g_slow, = torch.autograd.grad(slow[0].sum(), designs)
+    (g_fast,) = torch.autograd.grad(fast[0].sum(), designs)
+    (g_slow,) = torch.autograd.grad(slow[0].sum(), designs)
     torch.testing.assert_close(g_fast, g_slow, rtol=1e-3, atol=1e-4)

@@ -31,7 +31,11 @@ def _mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.1, 0.3, 1.0)) -> torch
     n = x.shape[0]
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
     off = n * (n - 1)
-    return (kxx.sum() - kxx.diag().sum()) / off + (kyy.sum() - kyy.diag().sum()) / off - 2 * kxy.mean()
+    return (
+        (kxx.sum() - kxx.diag().sum()) / off
+        + (kyy.sum() - kyy.diag().sum()) / off
+        - 2 * kxy.mean()
+    )
 
 
 def test_ode_priors_are_shipped():
