@@ -106,15 +106,19 @@ def register(name: str, recipe: Recipe) -> None:
     RECIPES[name] = recipe
 
 
+#: the card's data description shared by the two-moons priors
+TWO_MOONS_INFO = {
+    "generator": "priors.data.two_moons",
+    "what": "sklearn-style two moons, noise 0.1, centred at (0.5, 0.25) and scaled by 2",
+}
+
+
 register(
     "two-moons",
     Recipe(
         description="2-D two-moons density (neural spline flow), a toy prior for demos and tests",
         data=data.two_moons,
-        data_info={
-            "generator": "priors.data.two_moons",
-            "what": "sklearn-style two moons, noise 0.1, centred at (0.5, 0.25) and scaled by 2",
-        },
+        data_info=TWO_MOONS_INFO,
         event_shape=(2,),
         architecture="neural_spline",
         config={
@@ -161,10 +165,7 @@ register(
     Recipe(
         description="2-D two-moons density as a VP diffusion prior (eps-MLP, PF-ODE push)",
         data=data.two_moons,
-        data_info={
-            "generator": "priors.data.two_moons",
-            "what": "sklearn-style two moons, noise 0.1, centred at (0.5, 0.25) and scaled by 2",
-        },
+        data_info=TWO_MOONS_INFO,
         event_shape=(2,),
         architecture="vp_mlp",
         config={
@@ -192,10 +193,7 @@ register(
     Recipe(
         description="2-D two-moons density as a flow-matching prior (linear path, velocity MLP)",
         data=data.two_moons,
-        data_info={
-            "generator": "priors.data.two_moons",
-            "what": "sklearn-style two moons, noise 0.1, centred at (0.5, 0.25) and scaled by 2",
-        },
+        data_info=TWO_MOONS_INFO,
         event_shape=(2,),
         architecture="time_mlp",
         config={"dim": 2, "hidden": 128, "depth": 3, "time_dim": 32},
