@@ -18,6 +18,9 @@ __all__ = [
     "digits16_mean",
     "digits16_split",
     "digits16_test",
+    "grf32",
+    "grf32_covariance",
+    "grf32_spectrum",
     "location_finding_sources",
     "random_patch_masks",
     "two_moons",
@@ -168,3 +171,64 @@ def random_patch_masks(
     in_c = (c >= cols[..., None]) & (c < cols[..., None] + patch)  # (n, P, W)
     masks = in_r[..., :, None] & in_c[..., None, :] & used[..., None, None]  # (n, P, H, W)
     return masks.any(1)
+
+
+# ---------------------------------------------------------------------- Gaussian random fields
+#: the 32x32 log-permeability fields: Matern-like spectrum (nu, lengthscale on the unit square)
+GRF_SIZE, GRF_NU, GRF_LENGTHSCALE = 32, 1.5, 0.2
+
+
+def grf32_spectrum(
+    size: int = GRF_SIZE, nu: float = GRF_NU, lengthscale: float = GRF_LENGTHSCALE
+):
+    """The spectrum ``S`` (a `2 size x 2 size` numpy array) used by :func:`grf32`.
+
+    Fields live on a periodic ``2 size x 2 size`` grid with spacing ``1 / size`` (a torus of
+    side 2) and are cropped to ``size x size`` (the unit square), so the crop does not feel the
+    periodicity at the scale of the lengthscale. ``S(f) ∝ (2 nu / l^2 + 4 pi^2 |f|^2)^-(nu + 1)``
+    for frequencies ``f`` in cycles per unit length (the 2-D Matern spectral density), scaled
+    so the field has unit marginal variance (``mean(S) = 1``).
+    """
+    import numpy as np
+
+    f = np.fft.fftfreq(2 * size, d=1.0 / size)  # (2 size,) cycles per unit length
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    s = (2 * nu / lengthscale**2 + 4 * np.pi**2 * f2) ** (-(nu + 1.0))
+    return s / s.mean()
+
+
+def grf32(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` zero-mean, unit-variance Gaussian random fields on a 32x32 grid of the unit square
+    with a Matern-like spectrum (``nu = 1.5``, lengthscale 0.2), e.g. log-permeabilities.
+
+    White noise on a periodic 64x64 grid (drawn from ``generator``) is filtered with
+    ``sqrt(S)`` (:func:`grf32_spectrum`) by numpy's FFT and the top-left 32x32 block is kept.
+    The exact covariance of the result is :func:`grf32_covariance`.
+
+    Args:
+        n: number of fields.
+        generator: CPU random generator.
+
+    Returns:
+        An `n x 32 x 32` tensor (row = ``y``, column = ``x``).
+    """
+    import numpy as np
+
+    size = GRF_SIZE
+    white = torch.randn(n, 2 * size, 2 * size, generator=generator, dtype=torch.float64)
+    amp = np.sqrt(grf32_spectrum())
+    field = np.fft.ifft2(amp * np.fft.fft2(white.numpy()), axes=(-2, -1)).real
+    return torch.from_numpy(field[:, :size, :size].copy()).to(torch.get_default_dtype())
+
+
+def grf32_covariance(dtype: torch.dtype = torch.float64) -> Tensor:
+    """The exact `1024 x 1024` covariance of the flattened (row-major) :func:`grf32` fields:
+    the periodic covariance ``ifft2(S)`` at the lags between the cells of the crop."""
+    import numpy as np
+
+    size = GRF_SIZE
+    circ = np.fft.ifft2(grf32_spectrum()).real  # (2 size, 2 size) covariance by lag
+    idx = np.arange(size)
+    lag = (idx[:, None] - idx[None, :]) % (2 * size)  # (size, size)
+    cov = circ[lag[:, None, :, None], lag[None, :, None, :]]  # (size, size, size, size)
+    return torch.from_numpy(cov.reshape(size * size, size * size).copy()).to(dtype)

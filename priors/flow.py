@@ -29,13 +29,15 @@ from torch import Tensor, nn
 
 from priors.base import GenerativePrior
 
-__all__ = ["FlowPrior", "neural_spline", "realnvp"]
+__all__ = ["FlowPrior", "glow", "neural_spline", "realnvp"]
 
 
 class FlowPrior(GenerativePrior):
     """A prior ``x = f(loc + scale * xi)``, ``xi ~ N(0, I)``, from a ``normflows`` flow.
 
-    The flow acts on tensors of shape ``(N, *q0.shape)`` (usually flat ``(N, D)`` vectors);
+    The flow acts on tensors of shape ``(N, *q0.shape)`` (usually flat ``(N, D)`` vectors) on
+    the source side and ``(N, *flow.data_shape)`` on the data side (an attribute set by
+    multi-scale flows such as :func:`glow`; default ``q0.shape``);
     ``push``/``pull``/``log_prob`` accept any leading dims and reshape to ``event_shape``
     (default ``q0.shape``; any shape with the same number of entries, e.g. ``(2, 2)`` for a flow
     over ``D = 4``). The network stays in the ``nn.Module`` (``self.module is flow``); this
@@ -74,6 +76,8 @@ class FlowPrior(GenerativePrior):
                 f"(whitened to a standard normal source), got {type(flow.q0).__name__}"
             )
         self.flow_shape = torch.Size(flow.q0.shape)
+        # the shape the last layer outputs (a multi-scale flow un-squeezes: see ``glow``)
+        self.data_shape = torch.Size(getattr(flow, "data_shape", self.flow_shape))
         event_shape = self.flow_shape if event_shape is None else torch.Size(event_shape)
         if event_shape.numel() != self.flow_shape.numel():
             raise ValueError(
@@ -127,7 +131,7 @@ class FlowPrior(GenerativePrior):
             ``xi`` of shape `(..., *source_event_shape)` and the log-determinant of shape `(...)`.
         """
         flat, batch = self._flatten_event(x, "pull")  # (N, D)
-        z = flat.reshape((-1,) + self.flow_shape)  # (N, *flow_shape)
+        z = flat.reshape((-1,) + self.data_shape)  # (N, *data_shape)
         log_det = flat.new_zeros(flat.shape[0])  # (N,)
         for layer in reversed(self.module.flows):
             z, ld = layer.inverse(z)
@@ -250,3 +254,47 @@ def neural_spline(
         for i in range(num_layers)
     ]
     return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=trainable_base), layers)
+
+
+def glow(
+    event_shape: Sequence[int] = (32, 32),
+    levels: int = 2,
+    blocks_per_level: int = 4,
+    hidden: int = 64,
+) -> nf.NormalizingFlow:
+    """A single-scale Glow flow (Kingma & Dhariwal 2018) over one-channel images, from normflows.
+
+    The base is a ``DiagGaussian`` over the image squeezed ``levels`` times, shape
+    ``(4^levels, H / 2^levels, W / 2^levels)``. Going towards the data, each level applies
+    ``blocks_per_level`` ``GlowBlock`` s (affine coupling with a 3-1-3 conv net of width
+    ``hidden``, invertible 1x1 convolution, ActNorm) and then un-squeezes (``Squeeze``), so the
+    last layer outputs `(N, 1, H, W)`. Wrap it as ``FlowPrior(flow, event_shape=(H, W))``.
+    ActNorm initialises from the first batch it sees (the first training batch).
+
+    Args:
+        event_shape: ``(H, W)``, each divisible by ``2^levels``.
+        levels: number of squeezes.
+        blocks_per_level: Glow blocks at each resolution.
+        hidden: channels of the coupling networks.
+
+    Returns:
+        A ``normflows.NormalizingFlow`` on `(N, 4^levels, H / 2^levels, W / 2^levels)` tensors.
+
+    References:
+        Glow: Generative Flow with Invertible 1x1 Convolutions, https://arxiv.org/abs/1807.03039
+    """
+    h, w = (int(s) for s in event_shape)
+    if len(tuple(event_shape)) != 2 or h % 2**levels or w % 2**levels:
+        raise ValueError(
+            f"glow: event_shape must be (H, W) with sides divisible by {2**levels}, "
+            f"got {tuple(event_shape)}"
+        )
+    layers: list[nn.Module] = []
+    for level in range(levels, 0, -1):
+        channels = 4**level
+        layers += [nf.flows.GlowBlock(channels, hidden) for _ in range(blocks_per_level)]
+        layers.append(nf.flows.Squeeze())
+    base_shape = (4**levels, h // 2**levels, w // 2**levels)
+    flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(base_shape, trainable=True), layers)
+    flow.data_shape = (1, h, w)  # read by FlowPrior: the data-side shape of the layers
+    return flow

@@ -28,7 +28,7 @@ from torch import nn
 
 from priors.base import GenerativePrior
 from priors.diffusion import DiffusionPrior
-from priors.flow import FlowPrior, neural_spline, realnvp
+from priors.flow import FlowPrior, glow, neural_spline, realnvp
 from priors.flow_matching import FlowMatchingPrior
 from priors.nets import TimeMLP, irsde_unet, vp_mlp, vp_unet
 
@@ -49,6 +49,7 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 #: constructor name (as written in a model card) -> function(**config) -> nn.Module.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "realnvp": realnvp,
+    "glow": glow,
     "neural_spline": neural_spline,
 }
 
