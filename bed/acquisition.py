@@ -21,7 +21,7 @@ from bed.experiment import Experiment
 
 __all__ = ["qEIG"]
 
-_ESTIMATORS = ("pce", "nmc", "snmc")
+_ESTIMATORS = ("pce", "nmc", "snmc", "gaussian")
 
 
 class qEIG(AcquisitionFunction):
@@ -31,7 +31,9 @@ class qEIG(AcquisitionFunction):
         exp: the experiment (likelihood and design space).
         theta: `N x *event_shape` samples of the current belief.
         num_inner: ``L <= N - 1`` contrastive samples per outer sample (default ``N - 1``).
-        estimator: ``"pce"`` (sPCE lower bound), ``"snmc"`` (upper bound) or ``"nmc"``.
+        estimator: ``"pce"`` (sPCE lower bound), ``"snmc"`` (upper bound), ``"nmc"``, or
+            ``"gaussian"`` (the moment-matched upper bound ``bed.eig.gaussian``, for very
+            informative measurements where sPCE saturates; needs Normal likelihoods).
         num_outer: ``M <= N`` outer samples (default ``N``).
         seed: seeds the fixed sample subsets and outcome noise.
         X_pending: optional `p x d` designs already chosen; they join every joint design.
@@ -101,6 +103,9 @@ class qEIG(AcquisitionFunction):
         self.exp.design_space.check(X.detach(), "X")
         batch, q = X.shape[:-2], X.shape[-2]
         X = X.to(self.theta).reshape(-1, q, d)  # (b, q, d)
+        if self.estimator == "gaussian":
+            terms = eig.gaussian_terms(self.exp, X, self.theta)[:, None]  # (b, 1)
+            return terms.reshape(batch + (1,))
         terms = eig.eig_terms(
             self.exp,
             X,
@@ -133,6 +138,8 @@ class qEIG(AcquisitionFunction):
     def estimate(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Estimates and their Monte Carlo standard errors, each a `b` tensor."""
         terms = self._terms(X)
+        if terms.shape[-1] == 1:  # the Gaussian bound: no per-sample terms
+            return terms[..., 0], torch.zeros_like(terms[..., 0])
         return terms.mean(-1), terms.std(-1) / math.sqrt(max(1, terms.shape[-1]))
 
     def stderr(self, X: Tensor) -> Tensor:

@@ -40,7 +40,9 @@ def _fail(message: str) -> None:
 def run(
     problem: str = typer.Argument(..., help="A problem name (see `bed list`)."),
     steps: int | None = typer.Option(None, help="Design steps (default: the horizon)."),
-    method: str = typer.Option("ess", help="Conditioning method."),
+    method: str | None = typer.Option(
+        None, help="Conditioning method (default: the problem's, e.g. ess or irsde)."
+    ),
     prior: str | None = typer.Option(None, help="Prior (default: the problem's)."),
     device: str = typer.Option("cpu", help="torch device: cpu or cuda."),
     seed: int = typer.Option(0, help="Seed of the run (theta_true and every step)."),
@@ -81,12 +83,12 @@ def run(
         else:
             options = {} if prior is None else {"prior": prior}
             p = bed.problems.get(problem, **options)
-            kw = {"method": method, "device": device, "seed": seed, "record": out}
+            kw = {"device": device, "seed": seed, "record": out}
             kw.update(batch=batch, executor=executor, retries=retries)
+            if method is not None:
+                kw["method"] = method
             if num_samples is not None:
                 kw["num_samples"] = num_samples
-            if method != "ess":  # the tuned warm-up length is ESS's
-                kw["condition_options"] = {"warmup": None}
             sd = SequentialDesign.from_problem(p, overwrite=True, **kw)
             steps = p.steps if steps is None else steps
         if steps is None:

@@ -72,6 +72,10 @@ class StepError(RuntimeError):
         super().__init__(f"{where}: {message}")
 
 
+#: conditioning methods whose posteriors carry source-space draws (warm starts for the next step)
+SOURCE_METHODS = ("ess", "nuts")
+
+
 def _takes_generator(fn: Callable) -> bool:
     try:
         params = inspect.signature(fn).parameters
@@ -209,7 +213,8 @@ class SequentialDesign:
         simulator: ``simulate(theta, design) -> y`` (synthetic) or ``measure(design) -> y``
             (an instrument), plain or wrapped in ``bed.Simulator`` / ``bed.Instrument``.
         method: the conditioning method (``bed.condition``'s ``method``).
-        acquisition: the EIG estimator inside ``qEIG``: ``"pce"`` or ``"nmc"``.
+        acquisition: the EIG estimator inside ``qEIG``: ``"pce"``, ``"nmc"`` or ``"gaussian"``
+            (``bed.eig.gaussian``, for very informative measurements).
         num_samples: posterior draws per step (recorded, and the outer samples of qEIG).
         num_inner: contrastive (inner) samples of qEIG and of the chosen design's EIG
             (at most ``num_samples - 1``, the default).
@@ -263,8 +268,10 @@ class SequentialDesign:
         retries: int = 0,
         _record: records.RunRecord | None = None,
     ) -> None:
-        if acquisition not in ("pce", "nmc"):
-            raise ValueError(f"acquisition: expected 'pce' or 'nmc', got {acquisition!r}")
+        if acquisition not in ("pce", "nmc", "gaussian"):
+            raise ValueError(
+                f"acquisition: expected 'pce', 'nmc' or 'gaussian', got {acquisition!r}"
+            )
         if int(batch) < 1:
             raise ValueError(f"batch: expected q >= 1 designs per step, got {batch}")
         self.batch = int(batch)
@@ -314,6 +321,8 @@ class SequentialDesign:
                     "SequentialDesign.resume(path, simulator), or pass overwrite=True"
                 )
             source_shape = getattr(self.exp.prior, "source_event_shape", None)
+            if method not in SOURCE_METHODS and not getattr(self.exp.prior, "has_pull", False):
+                source_shape = None  # no source draws to record (e.g. irsde, fbs, dps, smc)
             self.record = records.RunRecord(
                 design_dim=self.exp.design_dim,
                 event_shape=self.exp.event_shape,
@@ -665,17 +674,30 @@ class SequentialDesign:
         Args:
             problem: a ``Problem`` or a registered name (built with default options).
             **kwargs: anything ``SequentialDesign`` takes; overrides the problem's defaults
-                (``condition_options`` and ``optimize_options`` are merged key by key).
+                (``condition_options`` and ``optimize_options`` are merged key by key; a
+                ``method`` other than the problem's drops its tuned ``condition_options``).
+                Without ``theta_true``, a problem with ``draw_truth`` (e.g. a held-out
+                image) supplies it from the seed.
         """
         if isinstance(problem, str):
             import bed.problems
 
             problem = bed.problems.get(problem)
         kw = {k: v for k, v in problem.loop_defaults.items()}
+        if kwargs.get("method", kw.get("method", "ess")) != kw.get("method", "ess"):
+            kw.pop("condition_options", None)  # tuned for the problem's own method
         for key in ("condition_options", "optimize_options"):
             kw[key] = {**kw.get(key, {}), **(kwargs.pop(key, None) or {})}
         kw.update(kwargs)
         simulator = kw.pop("simulator", problem.simulator)
+        draw_truth = getattr(problem, "draw_truth", None)
+        if (
+            kw.get("theta_true") is None
+            and draw_truth is not None
+            and simulator is problem.simulator
+        ):
+            seed = int(kw.get("seed", 0))
+            kw["theta_true"] = draw_truth(torch.Generator().manual_seed(_seed(seed, 0, "theta")))
         return cls(problem.experiment, simulator, problem=problem, **kw)
 
     # ------------------------------------------------------------------ resume

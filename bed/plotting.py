@@ -35,12 +35,16 @@ def _bounds(ds: xr.Dataset) -> np.ndarray | None:
 def _kind(ds: xr.Dataset) -> str:
     """How to draw a record: ``"points"`` (events of 2-D points with 2-D designs, e.g. source
     locations), ``"field"`` (an `H x W` event with designs in the unit square, e.g. a field
-    with sensors) or ``"marginals"`` (anything else)."""
+    with sensors), ``"patches"`` (an `H x W` image with designs the pixel corners ``(row,
+    col)`` of square patches, e.g. image-mask) or ``"marginals"`` (anything else)."""
     event = ds["posterior"].shape[2:]
     design_dim = ds["design"].shape[-1]
     if len(event) >= 1 and event[-1] == 2 and design_dim == 2:
         return "points"
     if len(event) == 2 and min(event) >= 8:
+        bounds = _bounds(ds)
+        if design_dim == 2 and bounds is not None and bounds.max() > 1:
+            return "patches"  # designs are pixel corners (row, col) of patches
         return "field"
     return "marginals"
 
@@ -89,6 +93,34 @@ def _field_panel(ax, image, bounds, designs, t, vrange=None) -> None:
     ax.set_yticks([])
 
 
+def _patches_panel(ax, image, bounds, designs, t, vrange=None) -> None:
+    """An `H x W` image (row 0 at the top) with the patches measured before step t (white
+    outlines) and the step's patch (red); the patch side is ``H - max corner row``."""
+    from matplotlib.patches import Rectangle
+
+    ax.imshow(
+        image,
+        cmap="gray",
+        vmin=None if vrange is None else vrange[0],
+        vmax=None if vrange is None else vrange[1],
+    )
+    side = image.shape[0] - bounds[1, 0]
+    for k, (r, c) in enumerate(designs[: t + 1].reshape(-1, 2)):
+        now = k >= t * designs.shape[1]
+        ax.add_patch(
+            Rectangle(
+                (c - 0.5, r - 0.5),
+                side,
+                side,
+                fill=False,
+                lw=2 if now else 1,
+                edgecolor="tab:red" if now else "w",
+            )
+        )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6) -> Figure:
     """Posterior per step over the domain, with the designs and theta_true; EIG per step.
 
@@ -97,8 +129,8 @@ def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6
 
     - events of 2-D points with 2-D designs (location finding): posterior samples as points
       and the true sources as black stars;
-    - `H x W` fields (sensor placement, images): the posterior mean, with the true field in an
-      extra panel;
+    - `H x W` fields (sensor placement): the posterior mean, with the true field in an extra
+      panel; images measured patch by patch (image-mask): the same, patches outlined;
     - anything else (pharmacokinetics, CES): posterior mean +- sd of every coordinate against
       the step, and the designs against the step.
 
@@ -142,7 +174,7 @@ def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6
         _eig_panel(axes[2], ds)
     else:
         steps = np.unique(np.linspace(0, max(n - 1, 0), min(n, max_panels)).round().astype(int))
-        extra = int(kind == "field" and theta is not None)
+        extra = int(kind in ("field", "patches") and theta is not None)
         cols = len(steps) + 1 + extra
         fig, axes = plt.subplots(1, cols, figsize=(3.2 * cols, 3.3), squeeze=False)
         axes = axes[0]
@@ -151,14 +183,17 @@ def plot_run(ds: xr.Dataset, path: str | Path | None = None, max_panels: int = 6
         for ax, t in zip(axes, steps):
             if kind == "points":
                 _points_panel(ax, ds, t, bounds, designs, theta)
+            elif kind == "patches":
+                _patches_panel(ax, ds["posterior"].values[t].mean(0), bounds, designs, t, vrange)
             else:
                 _field_panel(ax, ds["posterior"].values[t].mean(0), bounds, designs, t, vrange)
-            ax.set_title(f"step {t}" + (" (posterior mean)" if kind == "field" else ""))
+            ax.set_title(f"step {t}" + (" (posterior mean)" if kind != "points" else ""))
         if kind == "points" and len(steps):
             axes[0].legend(fontsize=6, loc="lower left")
         if extra:
-            _field_panel(axes[-2], theta, bounds, designs, n - 1, vrange)
-            axes[-2].set_title("true field, all designs")
+            panel = _patches_panel if kind == "patches" else _field_panel
+            panel(axes[-2], theta, bounds, designs, n - 1, vrange)
+            axes[-2].set_title(f"true {'image' if kind == 'patches' else 'field'}, all designs")
         _eig_panel(axes[-1], ds)
     fig.tight_layout()
     if path is not None:

@@ -178,9 +178,7 @@ def random_patch_masks(
 GRF_SIZE, GRF_NU, GRF_LENGTHSCALE = 32, 1.5, 0.2
 
 
-def grf32_spectrum(
-    size: int = GRF_SIZE, nu: float = GRF_NU, lengthscale: float = GRF_LENGTHSCALE
-):
+def grf32_spectrum(size: int = GRF_SIZE, nu: float = GRF_NU, lengthscale: float = GRF_LENGTHSCALE):
     """The spectrum ``S`` (a `2 size x 2 size` numpy array) used by :func:`grf32`.
 
     Fields live on a periodic ``2 size x 2 size`` grid with spacing ``1 / size`` (a torus of

@@ -22,6 +22,7 @@ from torch import Tensor
 from bed.eig import total
 from bed.experiment import Experiment
 from bed.problems import ces as _ces
+from bed.problems import image_mask as _im
 from bed.problems import location_finding as _lf
 from bed.problems import pharmacokinetics as _pk
 from bed.problems import sensor_placement as _sp
@@ -32,6 +33,7 @@ __all__ = [
     "ces",
     "describe",
     "get",
+    "image_mask",
     "location_finding",
     "pharmacokinetics",
     "prior_choices",
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 location_finding = _lf
-ces, pharmacokinetics, sensor_placement = _ces, _pk, _sp
+ces, pharmacokinetics, sensor_placement, image_mask = _ces, _pk, _sp, _im
 
 
 @dataclass
@@ -59,7 +61,10 @@ class Problem:
         random_designs_doc: how the baseline draws its designs, in words.
         priors: the prior names ``get`` accepts.
         loop_defaults: ``SequentialDesign`` settings tuned for this problem (sample counts,
-            conditioning and optimizer options); ``SequentialDesign.from_problem`` uses them.
+            conditioning method and options, optimizer options);
+            ``SequentialDesign.from_problem`` uses them.
+        draw_truth: ``draw_truth(generator) -> theta (*event)``, the true theta of a synthetic
+            run when none is given (``None``: a prior draw), e.g. a held-out image.
     """
 
     name: str
@@ -71,6 +76,7 @@ class Problem:
     random_designs_doc: str = ""
     priors: tuple[str, ...] = ()
     loop_defaults: dict[str, Any] = field(default_factory=dict)
+    draw_truth: Callable[[torch.Generator], Tensor] | None = None
 
 
 def _location_finding(prior: str = "sources-2x2") -> Problem:
@@ -248,6 +254,26 @@ def _sensor_placement_problem(prior: str = "gp") -> Problem:
     )
 
 
+def _image_mask_problem(prior: str = "digits-16") -> Problem:
+    return Problem(
+        name="image-mask",
+        experiment=_im.image_mask(prior),
+        simulator=_im.ImageMask(),
+        steps=_im.STEPS,
+        options={"prior": prior},
+        random_designs=_im.random_designs,
+        random_designs_doc="a uniformly random order of the 16 patches",
+        priors=("digits-16",),
+        loop_defaults={
+            "method": "irsde",
+            "acquisition": "gaussian",  # sPCE saturates at log(L + 1) on a 16-pixel patch
+            "num_samples": 32,
+            "condition_options": {"model": _im.IRSDE_MODEL},
+        },
+        draw_truth=lambda generator: _im.heldout_images(1, generator)[0],
+    )
+
+
 _REGISTRY.update(
     {
         "ces": (
@@ -264,6 +290,11 @@ _REGISTRY.update(
             _sensor_placement_problem,
             "32x32 log-permeability field, Darcy pressure sensor in [0, 1]^2, sigma=0.01, T=10",
             _sp.prior_names(),
+        ),
+        "image-mask": (
+            _image_mask_problem,
+            "16x16 digit, measure one of 16 4x4 patches with noise 0.1, IR-SDE posterior, T=6",
+            ("digits-16",),
         ),
     }
 )
