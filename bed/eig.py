@@ -383,7 +383,7 @@ def _normal_parts(lik: Distribution) -> tuple[Tensor, Tensor]:
     ``Independent`` of one), else a ValueError naming the type."""
     base = lik.base_dist if isinstance(lik, Independent) else lik
     if not isinstance(base, _NORMALS):
-        raise ValueError(
+        raise TypeError(
             "eig.gaussian: needs a likelihood with independent Normal coordinates (Normal or "
             f"Normal(...).to_event(k)), got {type(lik).__name__}; use pce or nmc instead"
         )
@@ -392,7 +392,7 @@ def _normal_parts(lik: Distribution) -> tuple[Tensor, Tensor]:
 
 def gaussian_terms(exp: Experiment, designs: Tensor, theta: Tensor) -> Tensor:
     """The moment-matched Gaussian EIG of each joint design, a `b` tensor (see ``gaussian``)."""
-    n, (b, q, d) = theta.shape[0], designs.shape
+    n, b = theta.shape[0], designs.shape[0]
     event = tuple(exp.event_shape)
     th = theta.reshape((n, 1, 1) + event)  # (N, 1, 1, *event)
     loc, scale = _normal_parts(exp.likelihood(th, designs[None]))  # (N, b, q, *obs)
