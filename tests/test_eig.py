@@ -273,7 +273,7 @@ def test_gaussian_bound_needs_normal_likelihoods_and_works_in_qeig():
     designs = designs_for(2)
     acq = qEIG(exp, theta, estimator="gaussian")
     torch.testing.assert_close(acq(designs), eig.gaussian(exp, designs, theta)[0])
-    est, se = acq.estimate(designs)
+    _, se = acq.estimate(designs)
     assert (se == 0).all()
     poisson = Experiment(
         exp.prior, lambda t, x: dist.Poisson((t * x).sum(-1).exp()), Box([-1.0, -1.0], [1.0, 1.0])
