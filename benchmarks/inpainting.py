@@ -36,36 +36,12 @@ import statistics
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import bed
 import priors
 from bed.conditioning.irsde import PatchObservation, load_model, masked_point_estimate
+from bed.problems.image_mask import psnr, ssim
 from priors.data import digits16_test
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, size: int = 7) -> float:
-    """Mean SSIM (Wang et al. 2004) of two `H x W` images: Gaussian window ``size`` x ``size``
-    (sigma 1.5), constants ``(0.01 L)^2`` and ``(0.03 L)^2``, valid positions only."""
-    ax = torch.arange(size, dtype=x.dtype) - (size - 1) / 2
-    g = torch.exp(-(ax**2) / (2 * 1.5**2))
-    w = (g[:, None] * g[None, :]) / g.sum() ** 2  # (size, size), sums to 1
-    w = w[None, None]
-
-    def filt(a: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(a[None, None], w)[0, 0]  # (H - size + 1, W - size + 1)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = filt(x), filt(y)
-    vx, vy = filt(x * x) - mx**2, filt(y * y) - my**2
-    cxy = filt(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return float(s.mean())
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """PSNR in dB on the [-1, 1] range (peak-to-peak 2)."""
-    return float(10 * torch.log10(4.0 / (x - y).pow(2).mean()))
 
 
 def methods(samples: int, fbs: bool) -> dict[str, dict]:
@@ -122,8 +98,8 @@ def main() -> None:
     mus = [masked_point_estimate(model, lik.observed_index, d, y)[0] for _, d, y in cases]
     rows: dict[str, dict] = {
         "mu (masked point estimate)": {
-            "psnr": [psnr(m.clamp(-1, 1), x) for m, (x, _, _) in zip(mus, cases)],
-            "ssim": [ssim(m.clamp(-1, 1), x) for m, (x, _, _) in zip(mus, cases)],
+            "psnr": [float(psnr(m.clamp(-1, 1), x)) for m, (x, _, _) in zip(mus, cases)],
+            "ssim": [float(ssim(m.clamp(-1, 1), x)) for m, (x, _, _) in zip(mus, cases)],
             "wall_time_s": [0.0],
             "num_evals": [0],
         }
@@ -143,8 +119,8 @@ def main() -> None:
                 continue
             res = {"samples": post.samples, **post.diagnostics}
             mean = res["samples"].mean(0).clamp(-1, 1)
-            per["psnr"].append(psnr(mean, x))
-            per["ssim"].append(ssim(mean, x))
+            per["psnr"].append(float(psnr(mean, x)))
+            per["ssim"].append(float(ssim(mean, x)))
             per["wall_time_s"].append(res["wall_time"])
             per["num_evals"].append(int(res.get("num_evals", 0)))
         rows[name] = per
