@@ -48,9 +48,13 @@ __all__ = [
     "gp_prior",
     "prior_names",
     "random_designs",
+    "run_strategy",
     "sensor_placement",
     "sobol_designs",
 ]
+
+#: placement strategies compared by :func:`run_strategy`
+STRATEGIES = ("eig", "random", "sobol")
 
 GRID = 32  # cells per side
 SOURCE = 10.0  # f
@@ -229,3 +233,75 @@ def sensor_placement(prior_name: str = "gp") -> Experiment:
     return Experiment(
         _prior(prior_name), DarcyLikelihood(), Box([0.0, 0.0], [1.0, 1.0]), name="sensor-placement"
     )
+
+
+def run_strategy(
+    problem,
+    strategy: str,
+    theta_true: Tensor,
+    steps: int,
+    seed: int = 0,
+    **loop_options,
+) -> dict[str, list[float] | float]:
+    """Place ``steps`` sensors on one true field by ``strategy`` and score the beliefs.
+
+    The same ``bed.SequentialDesign`` (the problem's conditioning, warm starts and seeds) runs
+    every strategy, so only the designs differ: ``"eig"`` lets the loop choose (sPCE-optimal
+    given the data so far), ``"random"`` measures uniform draws (generator seeded by
+    ``10000 + seed``), ``"sobol"`` the first ``steps`` points of a scrambled Sobol sequence. One
+    extra step conditions on all ``steps`` readings (its design is not scored).
+
+    Scores after ``k = 1..steps`` sensors, from the posterior draws recorded at step ``k``:
+    ``rmse`` (posterior-mean field vs truth, :func:`field_rmse`) and ``log_ratio``
+    ``= sum_{t<k} [log p(y_t | u*, xi_t) - log p(y_t | y_<t, xi_t)]``, with each predictive
+    density estimated from its own step's draws (``logmeanexp``): ``log p(u* | data) -
+    log p(u*)``, how much more probable the true field became (higher is better).
+
+    Args:
+        problem: the ``sensor-placement`` ``Problem`` (any prior).
+        strategy: one of ``STRATEGIES``.
+        theta_true: `(32, 32)` the true field.
+        steps: number of sensors ``T``.
+        seed: the loop's seed.
+        **loop_options: ``SequentialDesign.from_problem`` options (``num_samples``, ...).
+
+    Returns:
+        ``{"rmse": [T], "log_ratio": [T], "designs": [T][2], "wall_time_s": float}``.
+    """
+    import math
+    import time
+
+    from bed.loop import SequentialDesign
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"sensor-placement: unknown strategy {strategy!r}; choose {STRATEGIES}")
+    exp = problem.experiment
+    sd = SequentialDesign.from_problem(problem, seed=seed, theta_true=theta_true, **loop_options)
+    theta = sd.theta_true
+    if strategy == "random":
+        fixed = random_designs((steps,), torch.Generator().manual_seed(10_000 + seed), like=theta)
+    elif strategy == "sobol":
+        fixed = sobol_designs(steps, seed=seed, like=theta)
+    t0 = time.perf_counter()
+    for t in range(steps + 1):
+        sd.step(None if strategy == "eig" or t == steps else fixed[t])
+    wall = time.perf_counter() - t0
+    ds = sd.dataset
+    post = torch.as_tensor(ds["posterior"].values).to(theta)  # (T + 1, S, n, n)
+    xi = torch.as_tensor(ds["design"].values).to(theta)  # (T + 1, 2)
+    y = torch.as_tensor(ds["observation"].values).to(theta)  # (T + 1,)
+    rmse = [float(field_rmse(post[k], theta)) for k in range(1, steps + 1)]
+    log_ratio, total = [], 0.0
+    with torch.no_grad():
+        for t in range(steps):
+            lp_true = exp.likelihood(theta, xi[t]).log_prob(y[t])
+            lp_draws = exp.likelihood(post[t], xi[t]).log_prob(y[t])  # (S,)
+            pred = lp_draws.logsumexp(0) - math.log(lp_draws.shape[0])
+            total += float(lp_true - pred)
+            log_ratio.append(total)
+    return {
+        "rmse": rmse,
+        "log_ratio": log_ratio,
+        "designs": xi[:steps].tolist(),
+        "wall_time_s": wall,
+    }

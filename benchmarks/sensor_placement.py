@@ -1,0 +1,148 @@
+"""Benchmark (issue 7): sensor placement for a Darcy field, EIG vs random vs Sobol sensors.
+
+For each seed a true log-permeability field is drawn from the prior and read by ``T`` pressure
+sensors (``bed.problems.sensor_placement``: noise 0.01). Three ways to place them, all run by
+the same ``bed.SequentialDesign`` (ESS posteriors, warm-started, so only the designs differ):
+
+- ``eig``: the loop's choice, the sPCE-optimal sensor given the data so far;
+- ``random``: uniform on the unit square (the problem's random baseline);
+- ``sobol``: the first ``T`` points of a scrambled Sobol sequence (space filling, fixed).
+
+After ``k`` sensors, with the posterior draws the loop recorded at step ``k`` (conditioned on
+the first ``k`` readings):
+
+- **field RMSE**: of the posterior-mean field against the truth;
+- **log posterior / prior density ratio at the truth**:
+  ``sum_{t<k} [log p(y_t | u*, xi_t) - log p(y_t | y_<t, xi_t)]``, the predictive density of
+  each reading estimated from the draws of its own step (``logmeanexp``). It is
+  ``log p(u* | data) - log p(u*)``: how much more probable the true field became (higher is
+  better), the posterior log-likelihood of the truth up to a constant shared by all strategies.
+
+Run: ``OMP_NUM_THREADS=1 python -m benchmarks.sensor_placement [--prior gp --seeds 8 --steps
+8]``; writes ``benchmarks/results/sensor_placement_PRIOR.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+from scipy import stats
+
+import bed
+import bed.problems
+from bed.problems import sensor_placement as sp
+
+STRATEGIES = sp.STRATEGIES
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prior", default="gp", help="gp or a learned prior, e.g. grf-32-flow")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    problem = bed.problems.get("sensor-placement", prior=args.prior)
+    opts = {"num_samples": args.samples}
+    res = {s: {"rmse": [], "gain": [], "wall": []} for s in STRATEGIES}
+    for seed in range(args.seeds):
+        theta = problem.experiment.prior.sample_with_generator(
+            (), torch.Generator().manual_seed(seed)
+        )
+        for strategy in STRATEGIES:
+            r = sp.run_strategy(problem, strategy, theta, args.steps, seed, **opts)
+            for key, v in (("rmse", r["rmse"]), ("gain", r["log_ratio"])):
+                res[strategy][key].append(v)
+            res[strategy]["wall"].append(r["wall_time_s"])
+            print(
+                f"seed {seed} {strategy}: rmse {r['rmse'][-1]:.3f} "
+                f"log ratio {r['log_ratio'][-1]:.2f} ({r['wall_time_s']:.0f} s)",
+                flush=True,
+            )
+
+    table = {}
+    for s in STRATEGIES:
+        rmse = torch.tensor(res[s]["rmse"], dtype=torch.float64)  # (R, T)
+        gain = torch.tensor(res[s]["gain"], dtype=torch.float64)
+        r = rmse.shape[0]
+        row = {
+            "rmse_mean": rmse.mean(0).tolist(),
+            "rmse_se": (rmse.std(0) / r**0.5).tolist(),
+            "log_ratio_mean": gain.mean(0).tolist(),
+            "log_ratio_se": (gain.std(0) / r**0.5).tolist(),
+            "wall_time_s_per_run": sum(res[s]["wall"]) / r,
+        }
+        if s != "eig":
+            g_eig = torch.tensor(res["eig"]["gain"], dtype=torch.float64)
+            row["p_eig_better_log_ratio"] = float(
+                stats.wilcoxon((g_eig - gain)[:, -1].numpy(), alternative="greater").pvalue
+            )
+            r_eig = torch.tensor(res["eig"]["rmse"], dtype=torch.float64)
+            row["p_eig_better_rmse"] = float(
+                stats.wilcoxon((rmse - r_eig)[:, -1].numpy(), alternative="greater").pvalue
+            )
+        table[s] = row
+    out = {
+        "benchmark": "sensor_placement",
+        "setting": {
+            "prior": args.prior,
+            "seeds": args.seeds,
+            "steps": args.steps,
+            "samples": args.samples,
+            "noise": sp.NOISE,
+            "command": f"python -m benchmarks.sensor_placement --prior {args.prior} "
+            f"--seeds {args.seeds} --steps {args.steps} --samples {args.samples}",
+        },
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "strategies": table,
+        "per_seed": res,
+    }
+    path = Path(args.out or f"benchmarks/results/sensor_placement_{args.prior}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(markdown(out))
+
+
+def markdown(out: dict) -> str:
+    s = out["setting"]
+    ks = [k for k in (1, 2, 4, s["steps"]) if k <= s["steps"]]
+    ks = sorted(set(ks))
+    lines = [
+        (
+            f"sensor-placement, prior `{s['prior']}`, {s['seeds']} seeds (true fields from the "
+            f"prior), {s['samples']} ESS draws per step ({out['machine']['threads']} CPU thread):"
+        ),
+        "",
+        "| sensors | "
+        + " | ".join(f"RMSE, k={k}" for k in ks)
+        + " | "
+        + " | ".join(f"log ratio, k={k}" for k in ks)
+        + " | s / run |",
+        "|---|" + "---:|" * (2 * len(ks) + 1),
+    ]
+    for name, r in out["strategies"].items():
+        rm = [f"{r['rmse_mean'][k - 1]:.3f} ± {r['rmse_se'][k - 1]:.3f}" for k in ks]
+        lr = [f"{r['log_ratio_mean'][k - 1]:.1f} ± {r['log_ratio_se'][k - 1]:.1f}" for k in ks]
+        lines.append(f"| {name} | " + " | ".join(rm + lr) + f" | {r['wall_time_s_per_run']:.0f} |")
+    lines.append("")
+    for name, r in out["strategies"].items():
+        if "p_eig_better_log_ratio" in r:
+            lines.append(
+                f"EIG vs {name} at k={s['steps']} (one-sided Wilcoxon): log ratio p = "
+                f"{r['p_eig_better_log_ratio']:.2g}, RMSE p = {r['p_eig_better_rmse']:.2g}"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
