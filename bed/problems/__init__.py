@@ -255,22 +255,25 @@ def _sensor_placement_problem(prior: str = "gp") -> Problem:
 
 
 def _image_mask_problem(prior: str = "digits-16") -> Problem:
+    st = _im.setting(prior)
     return Problem(
         name="image-mask",
         experiment=_im.image_mask(prior),
-        simulator=_im.ImageMask(),
+        simulator=_im.ImageMask(prior),
         steps=_im.STEPS,
         options={"prior": prior},
-        random_designs=_im.random_designs,
+        random_designs=lambda shape, generator, like=None: _im.random_designs(
+            shape, generator, like, prior
+        ),
         random_designs_doc="a uniformly random order of the 16 patches",
-        priors=("digits-16",),
+        priors=tuple(_im.SETTINGS),
         loop_defaults={
-            "method": "irsde",
-            "acquisition": "gaussian",  # sPCE saturates at log(L + 1) on a 16-pixel patch
-            "num_samples": 32,
-            "condition_options": {"model": _im.IRSDE_MODEL},
+            "method": st.posterior,
+            "acquisition": "gaussian",  # sPCE saturates at log(L + 1) on a whole patch
+            "num_samples": 32 if st.posterior == "irsde" else 16,
+            "condition_options": dict(st.condition_options),
         },
-        draw_truth=lambda generator: _im.heldout_images(1, generator)[0],
+        draw_truth=lambda generator: _im.heldout_images(1, generator, prior)[0],
     )
 
 
@@ -293,8 +296,11 @@ _REGISTRY.update(
         ),
         "image-mask": (
             _image_mask_problem,
-            "16x16 digit, measure one of 16 4x4 patches with noise 0.1, IR-SDE posterior, T=6",
-            ("digits-16",),
+            (
+                "16x16 digit, measure one of 16 4x4 patches with noise 0.1, IR-SDE posterior, T=6 "
+                "(prior mnist-28: 28x28, 7x7 patches, DPS posterior)"
+            ),
+            tuple(_im.SETTINGS),
         ),
     }
 )

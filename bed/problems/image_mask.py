@@ -25,19 +25,29 @@ Strategies compared by :func:`compare_strategies` (all on the same posterior dra
 
 Quality of the posterior mean against the true image: PSNR (peak-to-peak 2) and SSIM
 (:func:`psnr`, :func:`ssim`).
+
+**Settings** (``SETTINGS``, chosen by the prior): ``"digits-16"`` above, and ``"mnist-28"``,
+the published setting of image measurement design (contrastive-diffusion BED, active diffusion
+subsampling): a 28x28 MNIST digit (the ``mnist-28`` prior, held-out digits of
+``priors.data.mnist28_test``), 16 candidate 7x7 patches, noise 0.1. No IR-SDE is shipped for
+it, so its posteriors are SNR-tempered DPS (``bed.condition(method="dps", tempering="snr")``;
+batched over runs in :func:`compare_strategies`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 import priors
-from bed.conditioning.irsde import PatchObservation, load_model, masked_point_estimate
+from bed.conditioning import dps as _dps
+from bed.conditioning.irsde import PatchObservation, load_model
 from bed.conditioning.irsde import sample as irsde_sample
+from bed.conditioning.smc import TweedieTwist
 from bed.design_space import Candidates
 from bed.eig import gaussian
 from bed.experiment import Experiment
@@ -47,15 +57,18 @@ __all__ = [
     "IRSDE_MODEL",
     "NOISE",
     "PATCH",
+    "SETTINGS",
     "STEPS",
     "STRATEGIES",
     "ImageMask",
+    "Setting",
     "compare_strategies",
     "heldout_images",
     "image_mask",
     "patch_corners",
     "psnr",
     "random_designs",
+    "setting",
     "ssim",
 ]
 
@@ -65,6 +78,58 @@ NOISE = 0.1
 STEPS = 6  # T: the default horizon (6 of 16 patches)
 IRSDE_MODEL = "digits-16-irsde"
 STRATEGIES = ("eig", "max-variance", "random")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One image-measurement setting.
+
+    Attributes:
+        prior: the zoo prior over images (also the setting's name).
+        image: ``(H, W)``.
+        patch: side of the square patches (tiling the image: 16 candidates here).
+        noise: measurement noise sd.
+        posterior: the default conditioning method (``"irsde"`` or ``"dps"``).
+        condition_options: its ``bed.condition`` options.
+        heldout: ``fn(n, generator) -> (n, H, W)`` held-out images.
+    """
+
+    prior: str
+    image: tuple[int, int]
+    patch: int
+    noise: float
+    posterior: str
+    condition_options: dict
+    heldout: Callable[[int, torch.Generator | None], Tensor]
+
+
+def _digits_heldout(n: int, generator: torch.Generator | None = None) -> Tensor:
+    from priors.data import digits16_test
+
+    return digits16_test(n, generator)
+
+
+def _mnist_heldout(n: int, generator: torch.Generator | None = None) -> Tensor:
+    from priors.data import mnist28_test
+
+    return mnist28_test(n, generator)
+
+
+SETTINGS = {
+    "digits-16": Setting(
+        "digits-16", IMAGE, PATCH, NOISE, "irsde", {"model": IRSDE_MODEL}, _digits_heldout
+    ),
+    "mnist-28": Setting(
+        "mnist-28", (28, 28), 7, NOISE, "dps", {"tempering": "snr", "steps": 50}, _mnist_heldout
+    ),
+}
+
+
+def setting(prior: str) -> Setting:
+    """The ``Setting`` of ``prior`` (an error listing the settings otherwise)."""
+    if prior not in SETTINGS:
+        raise ValueError(f"image-mask: unknown prior {prior!r}; choose one of {list(SETTINGS)}")
+    return SETTINGS[prior]
 
 
 def patch_corners(image_shape: Sequence[int] = IMAGE, patch: int = PATCH) -> Tensor:
@@ -80,53 +145,64 @@ def patch_corners(image_shape: Sequence[int] = IMAGE, patch: int = PATCH) -> Ten
 
 
 def image_mask(prior: str = "digits-16") -> Experiment:
-    """The image-mask ``Experiment``: prior ``digits-16``, a noisy `4 x 4` patch per
-    measurement, the 16 patch corners as ``Candidates``.
+    """The image-mask ``Experiment``: the prior, a noisy square patch per measurement, the
+    tiling patches' corners as ``Candidates``.
 
     Args:
-        prior: ``"digits-16"`` (the only choice for now).
+        prior: a key of ``SETTINGS``: ``"digits-16"`` (16x16, 4x4 patches) or ``"mnist-28"``
+            (28x28, 7x7 patches).
     """
-    if prior != "digits-16":
-        raise ValueError(f"image-mask: unknown prior {prior!r}; choose 'digits-16'")
+    st = setting(prior)
     return Experiment(
         priors.load(prior),
-        PatchObservation(PATCH, NOISE, IMAGE),
-        Candidates(patch_corners()),
+        PatchObservation(st.patch, st.noise, st.image),
+        Candidates(patch_corners(st.image, st.patch)),
         name="image-mask",
     )
 
 
 class ImageMask:
-    """The simulator: the true image's patch at ``design`` plus ``N(0, 0.1^2)`` noise."""
+    """The simulator: the true image's patch at ``design`` plus ``N(0, noise^2)`` noise.
 
-    def __init__(self) -> None:
-        self.likelihood = PatchObservation(PATCH, NOISE, IMAGE)
+    Args:
+        prior: the setting (a key of ``SETTINGS``).
+    """
+
+    def __init__(self, prior: str = "digits-16") -> None:
+        self.setting = setting(prior)
+        st = self.setting
+        self.likelihood = PatchObservation(st.patch, st.noise, st.image)
 
     def __call__(
         self, theta: Tensor, design: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """Args:
-            theta: `(..., 16, 16)` true images.
+            theta: `(..., H, W)` true images.
             design: `(..., 2)` patch corners.
             generator: a ``torch.Generator`` for the measurement noise.
 
         Returns:
-            `(..., 4, 4)` noisy patches.
+            `(..., p, p)` noisy patches.
         """
         loc = self.likelihood(theta, design).base_dist.loc
         noise = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
-        return loc + NOISE * noise
+        return loc + self.setting.noise * noise
 
     def __repr__(self) -> str:
-        return "ImageMask()"
+        return f"ImageMask({self.setting.prior!r})"
 
 
 def random_designs(
-    shape: tuple[int, ...], generator: torch.Generator, like: Tensor | None = None
+    shape: tuple[int, ...],
+    generator: torch.Generator,
+    like: Tensor | None = None,
+    prior: str = "digits-16",
 ) -> Tensor:
     """Random patch orders: for each leading index, the first ``shape[-1]`` patches of a
-    uniformly random permutation of the 16 (no patch twice). Returns `(*shape, 2)`."""
-    corners = patch_corners()
+    uniformly random permutation of the setting's 16 patches (no patch twice).
+    Returns `(*shape, 2)`."""
+    st = setting(prior)
+    corners = patch_corners(st.image, st.patch)
     m = corners.shape[0]
     *lead, steps = shape
     if steps > m:
@@ -137,12 +213,11 @@ def random_designs(
     return out if like is None else out.to(like)
 
 
-def heldout_images(n: int, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` held-out digits (``priors.data.digits16_test``, never seen in training),
-    `(n, 16, 16)`."""
-    from priors.data import digits16_test
-
-    return digits16_test(n, generator)
+def heldout_images(
+    n: int, generator: torch.Generator | None = None, prior: str = "digits-16"
+) -> Tensor:
+    """``n`` held-out images of the setting (never seen in training), `(n, H, W)`."""
+    return setting(prior).heldout(n, generator)
 
 
 # ---------------------------------------------------------------------- image quality
@@ -182,13 +257,65 @@ def choose_eig(exp: Experiment, samples: Tensor) -> int:
     return int(est.argmax())
 
 
-def choose_max_variance(samples: Tensor, measured: Tensor) -> int:
-    """Index of the unmeasured patch (``measured`` `(m,)` bool) with the largest summed
-    posterior pixel variance under ``samples`` `(S, H, W)`."""
+def choose_max_variance(samples: Tensor, measured: Tensor, patch: int = PATCH) -> int:
+    """Index of the unmeasured tile (``measured`` `(m,)` bool, row-major tiles of side
+    ``patch``) with the largest summed posterior pixel variance under ``samples`` `(S, H, W)`."""
     h, w = samples.shape[-2:]
     var = samples.var(0)  # (H, W)
-    per_patch = var.reshape(h // PATCH, PATCH, w // PATCH, PATCH).sum((1, 3)).reshape(-1)
+    per_patch = var.reshape(h // patch, patch, w // patch, patch).sum((1, 3)).reshape(-1)
     return int(per_patch.masked_fill(measured, -float("inf")).argmax())
+
+
+def _masked_data(
+    lik: PatchObservation, corners: Tensor, readings: Tensor, measured: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Mean observed value and observation count per pixel of every run.
+
+    Args:
+        corners: `(m, 2)`; readings: `(n, m, p, p)` one reading per image and patch;
+        measured: `(k, n, m)` which patches each run has measured.
+
+    Returns:
+        ``(values, counts)``, each `(k, n, H, W)` (values 0 where unobserved).
+    """
+    k, n, m = measured.shape
+    h, w = lik.image_shape
+    idx = lik.observed_index(corners)  # (m, p * p) flat pixels of each patch
+    onehot = torch.zeros(m, h * w, dtype=readings.dtype, device=readings.device)
+    onehot.scatter_(1, idx, 1.0)  # (m, H W): tiles do not overlap within a patch
+    sel = measured.to(readings.dtype)  # (k, n, m)
+    counts = torch.einsum("knm,md->knd", sel, onehot)  # (k, n, H W)
+    flat = torch.zeros(n, m, h * w, dtype=readings.dtype, device=readings.device)
+    flat.scatter_(2, idx.expand(n, m, -1), readings.reshape(n, m, -1))  # (n, m, H W)
+    sums = torch.einsum("knm,nmd->knd", sel, flat)
+    values = sums / counts.clamp_min(1)
+    return values.reshape(k, n, h, w), counts.reshape(k, n, h, w)
+
+
+def _dps_draws(
+    prior, values: Tensor, counts: Tensor, noise: float, num_samples: int, options: dict, gen
+) -> Tensor:
+    """SNR-tempered DPS draws for many runs at once: `(R, S, H, W)` given per-run pixel means
+    ``values`` and counts ``counts`` `(R, H, W)` of Gaussian readings with sd ``noise``."""
+    r = values.shape[0]
+    event = tuple(values.shape[1:])
+    v = values.repeat_interleave(num_samples, 0)  # (R S, H, W)
+    c = counts.repeat_interleave(num_samples, 0)
+
+    def loglik(theta: Tensor) -> Tensor:  # (R S, H, W) -> (R S,), up to a constant
+        return -0.5 * (c * (theta - v) ** 2).flatten(1).sum(-1) / noise**2
+
+    steps = int(options.get("steps") or prior.sde_steps)
+    tw = TweedieTwist(prior, loglik, guided=True, tempering=options.get("tempering", "snr"))
+    ts = prior.time_grid(steps, like=values)
+    with torch.no_grad():
+        x = prior.sde.prior_sample(
+            torch.randn((r * num_samples,) + event, generator=gen, dtype=values.dtype)
+        )
+        state = _dps.init(x)
+        for _ in range(steps):
+            state, _ = _dps.step(state, tw, ts, gen, float(options.get("guidance_scale", 1.0)))
+    return state.x.reshape((r, num_samples) + event)
 
 
 def compare_strategies(
@@ -196,26 +323,31 @@ def compare_strategies(
     steps: int = STEPS,
     strategies: Sequence[str] = STRATEGIES,
     num_samples: int = 32,
-    model=IRSDE_MODEL,
+    prior: str = "digits-16",
+    posterior: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    **condition_options,
 ) -> dict[str, Tensor]:
-    """Sequential patch selection on each image by each strategy, IR-SDE posteriors.
+    """Sequential patch selection on each image by each strategy.
 
     Every (strategy, image) pair runs its own sequential design: measure -> condition ->
-    choose; the conditioning of all pairs at one step is a single batched IR-SDE call
-    (``num_samples`` draws each, ``"posterior"`` mode). Step 0 is the posterior given no patch.
+    choose; the conditioning of all pairs at one step is a single batched call (the IR-SDE's
+    reverse SDE, or DPS, ``num_samples`` draws each). Step 0 is the posterior given no patch.
     Measurement noise is shared across strategies (the same noisy patch for the same image and
     corner), so differences come from the order alone (a paired comparison).
 
     Args:
-        images: `(n, 16, 16)` true images.
+        images: `(n, H, W)` true images of the setting.
         steps: patches measured per image ``T``.
         strategies: a subset of ``STRATEGIES``.
         num_samples: posterior draws per pair and step.
-        model: the IR-SDE (name or ``IRSDEModel``).
-        seed: seeds the noise, the random orders, the IR-SDE draws and the EIG estimates.
+        prior: the setting (a key of ``SETTINGS``).
+        posterior: ``"irsde"`` or ``"dps"`` (default: the setting's).
+        seed: seeds the noise, the random orders and the posterior draws.
         progress: show a progress bar over steps.
+        **condition_options: override the setting's ``condition_options`` (``model`` for
+            irsde; ``steps``, ``tempering``, ``guidance_scale`` for dps).
 
     Returns:
         ``{"psnr", "ssim"}``: `(len(strategies), n, steps + 1)` quality of the posterior mean
@@ -223,19 +355,34 @@ def compare_strategies(
     """
     from tqdm.auto import trange
 
+    st = setting(prior)
+    posterior = st.posterior if posterior is None else posterior
+    options = {**(st.condition_options if posterior == st.posterior else {}), **condition_options}
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"image-mask: unknown strategies {unknown}; choose from {STRATEGIES}")
-    if images.dim() != 3 or tuple(images.shape[-2:]) != IMAGE:
-        raise ValueError(f"image-mask: images must be (n, 16, 16), got {tuple(images.shape)}")
+    if posterior not in ("irsde", "dps"):
+        raise ValueError(f"image-mask: posterior must be 'irsde' or 'dps', got {posterior!r}")
+    if images.dim() != 3 or tuple(images.shape[-2:]) != st.image:
+        raise ValueError(
+            f"image-mask ({prior}): images must be (n, {st.image[0]}, {st.image[1]}), "
+            f"got {tuple(images.shape)}"
+        )
     n, k = images.shape[0], len(strategies)
-    exp = image_mask()
-    model = load_model(model, images.device, images.dtype) if isinstance(model, str) else model
-    corners = patch_corners().to(images)  # (m, 2)
+    exp = image_mask(prior)
+    lik = exp.likelihood
+    if posterior == "irsde":
+        model = options.get("model")
+        if model is None:
+            raise ValueError(f"image-mask ({prior}): posterior 'irsde' needs model=")
+        model = load_model(model, images.device, images.dtype) if isinstance(model, str) else model
+    else:
+        diffusion = exp.prior.to(device=images.device, dtype=images.dtype)
+    corners = patch_corners(st.image, st.patch).to(images)  # (m, 2)
     m = corners.shape[0]
     gen = torch.Generator(device=images.device).manual_seed(seed)
     # one noisy reading per (image, patch), shared by every strategy
-    readings = ImageMask()(images[:, None], corners, gen)  # (n, m, 4, 4)
+    readings = ImageMask(prior)(images[:, None], corners, gen)  # (n, m, p, p)
     random_order = torch.rand(n, m, generator=gen, device=images.device).argsort(-1)  # (n, m)
     measured = torch.zeros(k, n, m, dtype=torch.bool, device=images.device)
     order = torch.zeros(k, n, steps, dtype=torch.long, device=images.device)
@@ -243,18 +390,23 @@ def compare_strategies(
         "psnr": images.new_zeros(k, n, steps + 1),
         "ssim": images.new_zeros(k, n, steps + 1),
     }
-    lik = exp.likelihood
     for t in trange(steps + 1, disable=not progress, desc="image-mask"):
-        mus = images.new_empty(k, n, *IMAGE)
-        for s in range(k):
-            for i in range(n):
-                idx = measured[s, i].nonzero().reshape(-1)
-                mus[s, i] = masked_point_estimate(
-                    model, lik.observed_index, corners[idx], readings[i, idx]
-                )[0]
-        draws = irsde_sample(
-            model, mus.repeat_interleave(num_samples, 1).reshape(-1, *IMAGE), generator=gen
-        ).reshape(k, n, num_samples, *IMAGE)
+        values, counts = _masked_data(lik, corners, readings, measured)  # (k, n, H, W)
+        if posterior == "irsde":
+            mus = model.point_estimate(values, counts > 0)  # (k, n, H, W)
+            flat = mus.repeat_interleave(num_samples, 1).reshape(-1, *st.image)
+            draws = irsde_sample(model, flat, options.get("steps"), "posterior", gen)
+        else:
+            draws = _dps_draws(
+                diffusion,
+                values.reshape(-1, *st.image),
+                counts.reshape(-1, *st.image),
+                st.noise,
+                num_samples,
+                options,
+                gen,
+            )
+        draws = draws.reshape(k, n, num_samples, *st.image)
         mean = draws.mean(2).clamp(-1, 1)  # (k, n, H, W)
         quality["psnr"][:, :, t] = psnr(mean, images)
         quality["ssim"][:, :, t] = ssim(mean, images)
@@ -265,7 +417,7 @@ def compare_strategies(
                 if strategy == "eig":
                     j = choose_eig(exp, draws[s, i])
                 elif strategy == "max-variance":
-                    j = choose_max_variance(draws[s, i], measured[s, i])
+                    j = choose_max_variance(draws[s, i], measured[s, i], st.patch)
                 else:
                     j = int(random_order[i, t])
                 order[s, i, t] = j
