@@ -378,7 +378,7 @@ nmc.__doc__ = (
 
 
 # ----------------------------------------------------------------------------- Gaussian bound
-def _normal_parts(lik: Distribution) -> tuple[Tensor, Tensor]:
+def normal_parts(lik: Distribution) -> tuple[Tensor, Tensor]:
     """``(loc, scale)`` of a likelihood with independent Normal coordinates (``Normal``, or an
     ``Independent`` of one), else a ValueError naming the type."""
     base = lik.base_dist if isinstance(lik, Independent) else lik
@@ -395,7 +395,7 @@ def gaussian_terms(exp: Experiment, designs: Tensor, theta: Tensor) -> Tensor:
     n, b = theta.shape[0], designs.shape[0]
     event = tuple(exp.event_shape)
     th = theta.reshape((n, 1, 1) + event)  # (N, 1, 1, *event)
-    loc, scale = _normal_parts(exp.likelihood(th, designs[None]))  # (N, b, q, *obs)
+    loc, scale = normal_parts(exp.likelihood(th, designs[None]))  # (N, b, q, *obs)
     shape = torch.broadcast_shapes(loc.shape, scale.shape)
     loc = loc.expand(shape).reshape(n, b, -1)
     var = scale.pow(2).expand(shape).reshape(n, b, -1)

@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from bed.conditioning.base import Posterior, Problem, register
-from bed.conditioning.smc import TweedieTwist, euler_step, require_diffusion
+from bed.conditioning.smc import TweedieTwist, euler_step, require_diffusion, resolve_tempering
 
 __all__ = ["DPSInfo", "DPSState", "init", "run", "step"]
 
@@ -113,7 +113,8 @@ def run(
     def loglik_fn(theta: Tensor) -> Tensor:
         return problem.exp.log_likelihood(theta, problem.designs, problem.observations)
 
-    tw = TweedieTwist(prior, loglik_fn, guided=True, tempering=tempering)
+    tempering, elements = resolve_tempering(problem, tempering)
+    tw = TweedieTwist(prior, loglik_fn, True, tempering, elements)
     ts = prior.time_grid(k_steps, like=ref)  # (K + 1,) from T down to t_min
     shape = (problem.num_samples,) + tuple(prior.event_shape)
     norms = ref.new_zeros(())

@@ -14,14 +14,19 @@ Twisting functions (Algorithm 4.1 of the review; TDS of Wu et al. 2023):
 
 with Tweedie's :math:`\hat x_0 = \mu + (x - \mu + \sigma_t^2 s(x, t))/\alpha_t`,
 :math:`p(y \mid \theta) = \prod_i p(y_i \mid \theta, \xi_i)` (``exp.log_likelihood``) and a
-tempering exponent :math:`\lambda_k`: 1 for plain TDS (``tempering="none"``), or
-:math:`\lambda_k = \alpha_{t_k}^2` (``"snr"``, the default; the signal fraction
-:math:`\mathrm{SNR}/(1 + \mathrm{SNR})` of the VP SDE). Why: :math:`p(y \mid \hat x_0)` ignores
-the spread of :math:`x_0` given :math:`x_t`, so at mid times it is far sharper than
-:math:`p(y \mid x_t)`; resampling on it then discards particles whose later weights would be
-large, and the estimator's finite-N error is large (measured on the linear-Gaussian test: a
-posterior-mean error of several posterior standard errors with 4000 particles, and a log-evidence
-off by 0.5-1 nat). Tempering flattens the twist where it is least reliable. The
+tempering exponent :math:`\lambda_k`: 1 for plain TDS (``tempering="none"``);
+:math:`\lambda_k = \alpha_{t_k}^2` (``"snr"``, the signal fraction
+:math:`\mathrm{SNR}/(1 + \mathrm{SNR})` of the VP SDE); or, for Normal likelihoods, one
+exponent per observed element, :math:`\lambda_{k,e} = s_e^2 / (s_e^2 + v_{t_k})` with
+:math:`s_e^2` the noise variance and :math:`v_t` the variance of :math:`x_0` given :math:`x_t`
+(``"variance"``, the default through ``"auto"``; see :class:`TweedieTwist`). Why:
+:math:`p(y \mid \hat x_0)` ignores the spread of :math:`x_0` given :math:`x_t`, so at mid times
+it is far sharper than :math:`p(y \mid x_t)`; resampling on it then discards particles whose
+later weights would be large, and the estimator's finite-N error is large (measured on the
+linear-Gaussian test: a posterior-mean error of several posterior standard errors with 4000
+particles, and a log-evidence off by 0.5-1 nat). Tempering flattens the twist where it is least
+reliable; ``"variance"`` flattens it by the right amount for Gaussian observations, which
+matters most for sharp likelihoods (``"snr"`` ignores the noise level). The
 proposal ``M_k`` is the Euler kernel shifted by :math:`\sigma_k^2 \nabla \log l_k(x_k)` (twist
 ``"tds"``, gradient through the network by autograd) or the Euler kernel itself (``"bootstrap"``:
 model proposals, Tweedie twist, no gradients), and the incremental weights are
@@ -72,7 +77,9 @@ __all__ = [
 
 TWISTS = ("tds", "bootstrap")
 RESAMPLINGS = ("systematic", "multinomial")
-TEMPERINGS = ("snr", "none")
+TEMPERINGS = ("snr", "variance", "none")
+#: what ``tempering="auto"`` resolves to: "variance" for Normal likelihoods, else "snr"
+AUTO = "auto"
 
 
 def require_diffusion(prior, method: str) -> None:
@@ -106,7 +113,18 @@ class TweedieTwist:
         prior: the ``DiffusionPrior``.
         loglik_fn: ``theta (N, *event) -> (N,)`` log-likelihood of the data.
         guided: compute the gradient.
-        tempering: ``"none"`` (exponent 1) or ``"snr"`` (exponent :math:`\alpha_t^2`).
+        tempering: ``"none"`` (exponent 1), ``"snr"`` (exponent :math:`\alpha_t^2`) or
+            ``"variance"``: each Gaussian observation element ``e`` with noise variance
+            :math:`s_e^2` gets the exponent :math:`\lambda_e = s_e^2 / (s_e^2 + v_t)`, with
+            :math:`v_t = \sigma_t^2 c / (\alpha_t^2 c + \sigma_t^2)` the variance of
+            :math:`x_0` given :math:`x_t` for data of variance ``c`` (``data_variance``). Up to a
+            constant, :math:`N(y; m, s^2)^{\lambda}` is :math:`N(y; m, s^2 + v_t)`: the
+            Tweedie twist with the spread of :math:`x_0 \mid x_t` added to the noise, exact for
+            an isotropic Gaussian prior and coordinate observations. Sharp likelihoods
+            (:math:`s^2 \ll v_t`) are flattened at mid times, mild ones barely.
+        elementwise_fn: for ``"variance"``: ``theta (N, *event) -> (log_p (N, E), var (N, E))``,
+            the log-density and noise variance of every observed element.
+        data_variance: ``c`` for ``"variance"`` (1: the VP SDE's standardised data).
     """
 
     def __init__(
@@ -115,11 +133,16 @@ class TweedieTwist:
         loglik_fn: Callable[[Tensor], Tensor],
         guided: bool,
         tempering: str = "none",
+        elementwise_fn: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
+        data_variance: float = 1.0,
     ) -> None:
         if tempering not in TEMPERINGS:
             raise ValueError(f"smc: tempering must be one of {TEMPERINGS}, got {tempering!r}")
+        if tempering == "variance" and elementwise_fn is None:
+            raise ValueError("smc: tempering='variance' needs elementwise_fn")
         self.prior, self.loglik_fn, self.guided = prior, loglik_fn, guided
         self.tempering = tempering
+        self.elementwise_fn, self.data_variance = elementwise_fn, float(data_variance)
         self.event_dim = len(prior.event_shape)
         self.num_evals = 0
         self.num_vjp = 0
@@ -131,23 +154,32 @@ class TweedieTwist:
         return mu + (x - mu + std**2 * score) / alpha
 
     def exponent(self, t: Tensor) -> Tensor:
-        """The tempering exponent at ``t`` (0-d)."""
+        """The tempering exponent at ``t`` (0-d; ``"none"`` and ``"snr"``)."""
         if self.tempering == "none":
             return torch.ones_like(t)
         return self.prior.sde.marginal(t)[0] ** 2
 
+    def log_twist(self, x0_hat: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\log l(x, t)` `(N,)` from Tweedie's estimate ``x0_hat`` `(N, *event)`."""
+        if self.tempering != "variance":
+            return self.exponent(t) * self.loglik_fn(x0_hat)
+        log_p, var = self.elementwise_fn(x0_hat)  # (N, E) each
+        alpha, std = self.prior.sde.marginal(t)
+        c = self.data_variance
+        v_t = std**2 * c / (alpha**2 * c + std**2)
+        return (var / (var + v_t) * log_p).sum(-1)
+
     def __call__(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         self.num_evals += x.shape[0]
-        lam = self.exponent(t)
         if not self.guided:
             score = self.prior.score(x, t)
-            log_l = lam * self.loglik_fn(self.denoise(x, score, t))  # (N,)
+            log_l = self.log_twist(self.denoise(x, score, t), t)  # (N,)
             return score, log_l, torch.zeros_like(x)
         self.num_vjp += x.shape[0]
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             score = self.prior.score(x, t)
-            log_l = lam * self.loglik_fn(self.denoise(x, score, t))  # (N,)
+            log_l = self.log_twist(self.denoise(x, score, t), t)  # (N,)
             if log_l.requires_grad:
                 (grad,) = torch.autograd.grad(log_l.sum(), x)
             else:  # the likelihood does not depend on theta (e.g. no data)
@@ -278,6 +310,44 @@ def step(
     return SMCState(x_new, logw, new_log_l, new_score, new_grad, log_z, k + 1), info
 
 
+def gaussian_elements(
+    exp, designs: Tensor, observations: Tensor
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """``theta (N, *event) -> (log_p (N, E), var (N, E))`` for a likelihood with independent
+    Normal coordinates: the log-density and noise variance of each of the ``E`` observed
+    elements (all designs, all observation coordinates); for ``tempering="variance"``."""
+    from bed.eig import normal_parts
+
+    def fn(theta: Tensor) -> tuple[Tensor, Tensor]:
+        th = theta.reshape(theta.shape[:1] + (1,) + theta.shape[1:])  # (N, 1, *event)
+        loc, scale = normal_parts(exp.likelihood(th, designs))  # (N, n, *obs)
+        shape = torch.broadcast_shapes(loc.shape, scale.shape, observations.shape)
+        log_p = torch.distributions.Normal(loc, scale, validate_args=False).log_prob(observations)
+        n = theta.shape[0]
+        return log_p.expand(shape).reshape(n, -1), scale.pow(2).expand(shape).reshape(n, -1)
+
+    return fn
+
+
+def resolve_tempering(problem: Problem, tempering: str):
+    """``(tempering, elementwise_fn)``: ``"auto"`` becomes ``"variance"`` when the likelihood
+    has independent Normal coordinates (else ``"snr"``); ``elementwise_fn`` is set for
+    ``"variance"`` (a TypeError naming the likelihood if it is not Normal)."""
+    if tempering not in TEMPERINGS + (AUTO,):
+        raise ValueError(f"tempering must be one of {TEMPERINGS + (AUTO,)}, got {tempering!r}")
+    if tempering not in ("variance", AUTO):
+        return tempering, None
+    fn = gaussian_elements(problem.exp, problem.designs, problem.observations)
+    probe = problem.observations.new_zeros((1,) + tuple(problem.exp.event_shape))
+    try:
+        fn(probe)
+    except TypeError:
+        if tempering == AUTO:
+            return "snr", None
+        raise
+    return "variance", fn
+
+
 @register("smc")
 def run(
     problem: Problem,
@@ -287,9 +357,10 @@ def run(
     resample_threshold: float = 0.5,
     twist: str = "tds",
     resampling: str = "systematic",
-    tempering: str = "snr",
+    tempering: str = AUTO,
+    data_variance: float = 1.0,
 ) -> Posterior:
-    """Twisted Feynman-Kac SMC posterior for a diffusion prior (see the module docstring).
+    r"""Twisted Feynman-Kac SMC posterior for a diffusion prior (see the module docstring).
 
     ``num_chains`` and ``warmup``/``thin``/``init`` of :func:`bed.condition` are ignored (the
     particles always start from the reference law); ``num_chains``, if given, is the default
@@ -303,7 +374,13 @@ def run(
         twist: ``"tds"`` (gradient-twisted proposals) or ``"bootstrap"`` (model proposals; the
             same Tweedie twist in the weights, no gradients).
         resampling: ``"systematic"`` or ``"multinomial"``.
-        tempering: ``"snr"`` (twist exponent :math:`\alpha_t^2`) or ``"none"`` (plain TDS).
+        tempering: ``"auto"`` (default: ``"variance"`` for Normal likelihoods, else
+            ``"snr"``), ``"variance"`` (per observed element, the spread of
+            :math:`x_0 \mid x_t` added to the noise variance; see :class:`TweedieTwist`),
+            ``"snr"`` (twist exponent :math:`\alpha_t^2`) or ``"none"`` (plain TDS). Measured
+            on the exact-posterior battery's sharp case (noise 0.05, 16000 particles):
+            SW_ratio 0.8-1.2 with ``"variance"``, 2.6-10.5 with ``"snr"``.
+        data_variance: the data variance behind ``"variance"`` tempering (1: standardised).
 
     Returns:
         A ``Posterior`` (``source`` is ``None``) with ``num_samples`` draws resampled from the
@@ -330,7 +407,10 @@ def run(
     def loglik_fn(theta: Tensor) -> Tensor:
         return problem.exp.log_likelihood(theta, problem.designs, problem.observations)
 
-    tw = TweedieTwist(prior, loglik_fn, guided=twist == "tds", tempering=tempering)
+    tempering, elements = resolve_tempering(problem, tempering)
+    tw = TweedieTwist(
+        prior, loglik_fn, twist == "tds", tempering, elements, data_variance=data_variance
+    )
     ts = prior.time_grid(k_steps, like=ref)  # (K + 1,) from T down to t_min
     shape = (n,) + tuple(prior.event_shape)
     with torch.no_grad():
