@@ -132,3 +132,34 @@ def test_clear_errors(args, message, tmp_path, monkeypatch):
     res = invoke(*args)
     assert res.exit_code == 1
     assert message in res.output
+
+
+@pytest.mark.parametrize(
+    "problem, extra",
+    [
+        ("image-mask", ()),  # the problem's own method (irsde) and acquisition (gaussian)
+        ("sensor-placement", ("--prior", "grf-32-flow")),
+    ],
+)
+def test_run_field_and_image_problems_with_plots(problem, extra, tmp_path):
+    out, png = tmp_path / "run.nc", tmp_path / "run.png"
+    res = invoke(
+        "run",
+        problem,
+        "--steps",
+        2,
+        "--num-samples",
+        8,
+        "--out",
+        out,
+        "--plot",
+        png,
+        "--no-progress",
+        *extra,
+    )
+    assert res.exit_code == 0, res.output
+    ds = records.load(out)
+    assert ds.sizes["step"] == 2 and png.stat().st_size > 0
+    config = json.loads(ds.attrs["config"])
+    assert config["method"] == ("irsde" if problem == "image-mask" else "ess")
+    assert np.isfinite(ds["posterior"].values).all()
