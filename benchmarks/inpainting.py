@@ -11,8 +11,10 @@ for). Methods, each drawing ``--samples`` posterior draws per image:
   (noise 0.1; also for guidance scales down to 1e-3), reported as such; and ``dps-snr``, the
   same ``bed.conditioning.dps`` kernel with the SNR-tempered twist of ``method="smc"``
   (guidance times :math:`\alpha_t^2`), which is stable;
-- ``smc``: twisted Feynman-Kac SMC on the ``digits-16`` prior (TDS proposals, SNR tempering),
-  particles = draws;
+- ``dps-variance``: the same kernel with ``tempering="variance"`` (the spread of x0 | x_t
+  added to the noise variance per pixel);
+- ``smc``: twisted Feynman-Kac SMC on the ``digits-16`` prior (TDS proposals, SNR or variance
+  tempering), particles = draws;
 - ``fbs``: forward-backward bridging Gibbs-CSMC on the same prior (small setting; with
   ``--fbs``);
 - ``mu``: the point estimate itself (observed pixels, train mean elsewhere), no sampling.
@@ -22,9 +24,8 @@ Metrics on the posterior mean (clamped to [-1, 1]) against the true image: PSNR 
 over the 10x10 valid positions), averaged over images; wall time per image (``bed.condition``'s
 ``wall_time``) and network evaluations per image.
 
-Run: ``OMP_NUM_THREADS=1 python -P benchmarks/inpainting.py`` (``-P``: keep benchmarks/priors.py
-from shadowing the ``priors`` package); writes ``benchmarks/results/inpainting.json`` and prints
-a markdown table.
+Run: ``OMP_NUM_THREADS=1 python -m benchmarks.inpainting [--images 16 --fbs]``; writes
+``benchmarks/results/inpainting.json`` and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -58,7 +59,23 @@ def methods(samples: int, fbs: bool) -> dict[str, dict]:
             "steps": 100,
             "tempering": "snr",
         },
-        "smc (100 steps)": {"method": "smc", "steps": 100, "num_particles": samples},
+        "dps-variance (100 steps, variance-tempered guidance)": {
+            "method": "dps",
+            "steps": 100,
+            "tempering": "variance",
+        },
+        "smc (100 steps, snr tempering)": {
+            "method": "smc",
+            "steps": 100,
+            "num_particles": samples,
+            "tempering": "snr",
+        },
+        "smc (100 steps, variance tempering)": {
+            "method": "smc",
+            "steps": 100,
+            "num_particles": samples,
+            "tempering": "variance",
+        },
     }
     if fbs:
         out["fbs (8 chains, N=8, 50 steps)"] = {
