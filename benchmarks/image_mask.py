@@ -1,4 +1,4 @@
-"""Benchmark (issue 7): image measurement design on digits-16, EIG vs random vs max-variance.
+"""Benchmark (issue 7): image measurement design, EIG vs random vs max-variance patch orders.
 
 Each held-out digit (``priors.data.digits16_test``, fixed seed) is measured one 4x4 patch at a
 time (16 candidates, noise 0.1; ``bed.problems.image_mask``); after every patch the IR-SDE
@@ -13,8 +13,12 @@ Metrics: PSNR and SSIM of the posterior mean after ``k`` patches, mean ± s.e. o
 and the paired one-sided Wilcoxon p-value of EIG vs each baseline at every ``k``; wall time per
 step (all strategies and images together, one batched IR-SDE call per step).
 
-Run: ``OMP_NUM_THREADS=1 python -m benchmarks.image_mask [--images 32 --steps 6]``; writes
-``benchmarks/results/image_mask.json`` and prints a markdown table.
+``--prior mnist-28`` runs the published setting instead (28x28 MNIST, 7x7 patches, noise 0.1,
+SNR-tempered DPS posteriors with 50 steps, batched over all runs).
+
+Run: ``OMP_NUM_THREADS=1 python -m benchmarks.image_mask [--prior digits-16 --images 32
+--steps 6]``; writes ``benchmarks/results/image_mask.json`` (``image_mask_mnist.json`` for
+mnist-28) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -37,13 +41,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/image_mask.json")
+    parser.add_argument("--prior", default="digits-16", choices=list(im.SETTINGS))
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    st = im.setting(args.prior)
+    suffix = "" if args.prior == "digits-16" else "_" + args.prior.split("-")[0]
+    out_path = args.out or f"benchmarks/results/image_mask{suffix}.json"
 
-    images = im.heldout_images(args.images, torch.Generator().manual_seed(args.seed))
+    images = im.heldout_images(args.images, torch.Generator().manual_seed(args.seed), args.prior)
     t0 = time.perf_counter()
     res = im.compare_strategies(
-        images, args.steps, im.STRATEGIES, args.samples, seed=args.seed, progress=True
+        images,
+        args.steps,
+        im.STRATEGIES,
+        args.samples,
+        prior=args.prior,
+        seed=args.seed,
+        progress=True,
     )
     wall = time.perf_counter() - t0
     table = {}
@@ -65,11 +79,12 @@ def main() -> None:
             "images": args.images,
             "steps": args.steps,
             "samples": args.samples,
-            "prior": "digits-16",
-            "posterior": "IR-SDE digits-16-irsde, posterior mode, T=100",
-            "measurement": "one of 16 non-overlapping 4x4 patches, Gaussian noise 0.1",
-            "command": f"python -m benchmarks.image_mask --images {args.images} "
-            f"--steps {args.steps} --samples {args.samples} --seed {args.seed}",
+            "prior": args.prior,
+            "posterior": f"{st.posterior} {st.condition_options}",
+            "measurement": f"one of 16 non-overlapping {st.patch}x{st.patch} patches, "
+            f"Gaussian noise {st.noise}",
+            "command": f"python -m benchmarks.image_mask --prior {args.prior} --images "
+            f"{args.images} --steps {args.steps} --samples {args.samples} --seed {args.seed}",
         },
         "machine": {
             "processor": platform.processor() or platform.machine(),
@@ -81,7 +96,7 @@ def main() -> None:
         "strategies": table,
         "order": res["order"].tolist(),
     }
-    path = Path(args.out)
+    path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(markdown(out))
@@ -92,7 +107,8 @@ def markdown(out: dict) -> str:
     ks = list(range(s["steps"] + 1))
     lines = [
         (
-            f"digits-16, {s['images']} held-out images, {s['samples']} IR-SDE draws per step, "
+            f"{s['prior']}, {s['images']} held-out images, {s['samples']} draws per step "
+            f"({s['posterior']}), "
             f"{s['measurement']}; {out['wall_time_s_per_step']:.1f} s per step for all "
             f"{len(out['strategies'])} x {s['images']} runs together "
             f"({out['machine']['threads']} CPU thread):"
