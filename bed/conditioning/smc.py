@@ -17,9 +17,9 @@ with Tweedie's :math:`\hat x_0 = \mu + (x - \mu + \sigma_t^2 s(x, t))/\alpha_t`,
 tempering exponent :math:`\lambda_k`: 1 for plain TDS (``tempering="none"``);
 :math:`\lambda_k = \alpha_{t_k}^2` (``"snr"``, the signal fraction
 :math:`\mathrm{SNR}/(1 + \mathrm{SNR})` of the VP SDE); or, for Normal likelihoods, one
-exponent per observed element, :math:`\lambda_{k,e} = s_e^2 / (s_e^2 + v_{t_k})` with
-:math:`s_e^2` the noise variance and :math:`v_t` the variance of :math:`x_0` given :math:`x_t`
-(``"variance"``, the default through ``"auto"``; see :class:`TweedieTwist`). Why:
+exponent per observed element, :math:`\lambda_{k,e} = \min(\alpha_{t_k}^2, s_e^2 / (s_e^2 +
+v_{t_k}))` with :math:`s_e^2` the noise variance and :math:`v_t` the variance of :math:`x_0`
+given :math:`x_t` (``"variance"``, the default through ``"auto"``; see :class:`TweedieTwist`). Why:
 :math:`p(y \mid \hat x_0)` ignores the spread of :math:`x_0` given :math:`x_t`, so at mid times
 it is far sharper than :math:`p(y \mid x_t)`; resampling on it then discards particles whose
 later weights would be large, and the estimator's finite-N error is large (measured on the
@@ -115,13 +115,17 @@ class TweedieTwist:
         guided: compute the gradient.
         tempering: ``"none"`` (exponent 1), ``"snr"`` (exponent :math:`\alpha_t^2`) or
             ``"variance"``: each Gaussian observation element ``e`` with noise variance
-            :math:`s_e^2` gets the exponent :math:`\lambda_e = s_e^2 / (s_e^2 + v_t)`, with
+            :math:`s_e^2` gets the exponent
+            :math:`\lambda_e = \min(\alpha_t^2, s_e^2 / (s_e^2 + v_t))`, with
             :math:`v_t = \sigma_t^2 c / (\alpha_t^2 c + \sigma_t^2)` the variance of
             :math:`x_0` given :math:`x_t` for data of variance ``c`` (``data_variance``). Up to a
-            constant, :math:`N(y; m, s^2)^{\lambda}` is :math:`N(y; m, s^2 + v_t)`: the
-            Tweedie twist with the spread of :math:`x_0 \mid x_t` added to the noise, exact for
-            an isotropic Gaussian prior and coordinate observations. Sharp likelihoods
-            (:math:`s^2 \ll v_t`) are flattened at mid times, mild ones barely.
+            constant, :math:`N(y; m, s^2)^{\lambda}` is :math:`N(y; m, s^2 / \lambda)`, so the
+            second term is the Tweedie twist with the spread of :math:`x_0 \mid x_t` added to
+            the noise, exact for an isotropic Gaussian prior and coordinate observations: sharp
+            likelihoods (:math:`s^2 \ll v_t`) are flattened at mid times, mild ones barely.
+            The cap at the SNR exponent keeps the guided steps stable at the noisiest times,
+            where Tweedie's estimate is amplified by :math:`1/\alpha_t` (without it, DPS and
+            TDS proposals diverged on digits-16 inpainting, 14 of 16 images).
         elementwise_fn: for ``"variance"``: ``theta (N, *event) -> (log_p (N, E), var (N, E))``,
             the log-density and noise variance of every observed element.
         data_variance: ``c`` for ``"variance"`` (1: the VP SDE's standardised data).
@@ -167,7 +171,8 @@ class TweedieTwist:
         alpha, std = self.prior.sde.marginal(t)
         c = self.data_variance
         v_t = std**2 * c / (alpha**2 * c + std**2)
-        return (var / (var + v_t) * log_p).sum(-1)
+        lam = (var / (var + v_t)).clamp_max(alpha**2)  # never above the SNR exponent
+        return (lam * log_p).sum(-1)
 
     def __call__(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         self.num_evals += x.shape[0]
