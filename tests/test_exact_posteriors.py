@@ -217,7 +217,7 @@ def test_exact_posterior(case_name, method, record_property):
 def test_dps_error_is_measured(case_name, tempering, record_property):
     """DPS is biased: its SW_ratio is recorded, not thresholded. (Plain DPS diverges on
     ``gauss-sharp``: var_k * curvature of log p(y | x0_hat) exceeds 2 at mid times and the
-    particles reach ~1e18; with ``tempering="variance"`` it measured 0.83 there, 3.85 on the
+    particles reach ~1e18; with ``tempering="variance"`` it measured 0.83 there, 3.50 on the
     mixture.)"""
     c = case(case_name)
     post = bed.condition(
