@@ -42,8 +42,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior", default="digits-16", choices=list(im.SETTINGS))
+    parser.add_argument("--tempering", default=None, help="DPS tempering (mnist-28)")
+    parser.add_argument("--posterior-steps", type=int, default=None, help="DPS/IR-SDE steps")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    overrides = {}
+    if args.tempering is not None:
+        overrides["tempering"] = args.tempering
+    if args.posterior_steps is not None:
+        overrides["steps"] = args.posterior_steps
     st = im.setting(args.prior)
     suffix = "" if args.prior == "digits-16" else "_" + args.prior.split("-")[0]
     out_path = args.out or f"benchmarks/results/image_mask{suffix}.json"
@@ -58,6 +65,7 @@ def main() -> None:
         prior=args.prior,
         seed=args.seed,
         progress=True,
+        **overrides,
     )
     wall = time.perf_counter() - t0
     table = {}
@@ -80,11 +88,14 @@ def main() -> None:
             "steps": args.steps,
             "samples": args.samples,
             "prior": args.prior,
-            "posterior": f"{st.posterior} {st.condition_options}",
+            "posterior": f"{st.posterior} { ({**st.condition_options, **overrides}) }",
             "measurement": f"one of 16 non-overlapping {st.patch}x{st.patch} patches, "
             f"Gaussian noise {st.noise}",
             "command": f"python -m benchmarks.image_mask --prior {args.prior} --images "
-            f"{args.images} --steps {args.steps} --samples {args.samples} --seed {args.seed}",
+            f"{args.images} --steps {args.steps} --samples {args.samples} --seed {args.seed}"
+            + "".join(
+                f" --{k.replace('steps', 'posterior-steps')} {v}" for k, v in overrides.items()
+            ),
         },
         "machine": {
             "processor": platform.processor() or platform.machine(),
