@@ -302,11 +302,18 @@ def _dps_draws(
     v = values.repeat_interleave(num_samples, 0)  # (R S, H, W)
     c = counts.repeat_interleave(num_samples, 0)
 
+    def elements(theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Per pixel: the log-density of the mean reading (variance noise^2 / count), up to a
+        constant, and that variance (1 where unobserved: its log-density term is 0)."""
+        log_p = -0.5 * c * (theta - v) ** 2 / noise**2
+        var = torch.where(c > 0, noise**2 / c.clamp_min(1), torch.ones_like(c))
+        return log_p.flatten(1), var.flatten(1)
+
     def loglik(theta: Tensor) -> Tensor:  # (R S, H, W) -> (R S,), up to a constant
-        return -0.5 * (c * (theta - v) ** 2).flatten(1).sum(-1) / noise**2
+        return elements(theta)[0].sum(-1)
 
     steps = int(options.get("steps") or prior.sde_steps)
-    tw = TweedieTwist(prior, loglik, guided=True, tempering=options.get("tempering", "snr"))
+    tw = TweedieTwist(prior, loglik, True, options.get("tempering", "snr"), elements)
     ts = prior.time_grid(steps, like=values)
     with torch.no_grad():
         x = prior.sde.prior_sample(
