@@ -14,7 +14,7 @@ and the paired one-sided Wilcoxon p-value of EIG vs each baseline at every ``k``
 step (all strategies and images together, one batched IR-SDE call per step).
 
 ``--prior mnist-28`` runs the published setting instead (28x28 MNIST, 7x7 patches, noise 0.1,
-SNR-tempered DPS posteriors with 50 steps, batched over all runs).
+DPS posteriors with variance-tempered guidance, 50 steps, batched over all runs).
 
 Run: ``OMP_NUM_THREADS=1 python -m benchmarks.image_mask [--prior digits-16 --images 32
 --steps 6]``; writes ``benchmarks/results/image_mask.json`` (``image_mask_mnist.json`` for
