@@ -108,3 +108,35 @@ def test_loop_records_patches_and_resumes(tmp_path):
     torch.testing.assert_close(
         torch.as_tensor(ds2["design"].values[:2]), torch.as_tensor(ds["design"].values)
     )
+
+
+@pytest.mark.parametrize("prior", ["digits-16", "mnist-28"])
+def test_batched_readings_give_the_exact_likelihood_differences(prior):
+    """The batched posterior calls of ``compare_strategies`` see every run's readings through
+    per-pixel means and counts; summed, their log-density must differ between two images by
+    exactly what the experiment's likelihood of the raw readings (repeats included) says."""
+    st = im.setting(prior)
+    exp = im.image_mask(prior)
+    lik = exp.likelihood
+    corners = im.patch_corners(st.image, st.patch)
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(1, *st.image, generator=g) * 2 - 1
+    readings = im.ImageMask(prior)(truth[:, None], corners, g)  # (1, 16, p, p)
+    measured = torch.zeros(1, 1, 16, dtype=torch.bool)
+    measured[0, 0, [0, 5, 9]] = True
+    values, counts = im._masked_data(lik, corners, readings, measured)  # (1, 1, H, W)
+    # a repeated reading of patch 5 enters as a second count on its pixels
+    designs = corners[[0, 5, 9, 5]]
+    obs = torch.cat([readings[0, [0, 5, 9]], readings[0, [5]] + 0.05])
+    v2 = values.clone()[0, 0]
+    c2 = counts.clone()[0, 0]
+    r5, c5 = (int(x) for x in corners[5])
+    patch = (slice(r5, r5 + st.patch), slice(c5, c5 + st.patch))
+    v2[patch] = (2 * readings[0, 5] + 0.05) / 2
+    c2[patch] = 2
+    fn = im.pixel_elements(v2[None], c2[None], st.noise)
+    a, b = torch.rand(2, *st.image, generator=g) * 2 - 1
+    ours = fn(a[None])[0].sum() - fn(b[None])[0].sum()
+    exact = exp.log_likelihood(a[None], designs, obs) - exp.log_likelihood(b[None], designs, obs)
+    torch.testing.assert_close(ours, exact[0], rtol=1e-4, atol=1e-3)
+    assert int(counts.sum()) == 3 * st.patch**2

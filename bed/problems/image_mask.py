@@ -68,6 +68,7 @@ __all__ = [
     "heldout_images",
     "image_mask",
     "patch_corners",
+    "pixel_elements",
     "psnr",
     "random_designs",
     "setting",
@@ -300,6 +301,22 @@ def _masked_data(
     return values.reshape(k, n, h, w), counts.reshape(k, n, h, w)
 
 
+def pixel_elements(values: Tensor, counts: Tensor, noise: float):
+    """``theta (N, H, W) -> (log_p (N, H W), var (N, H W))`` for per-pixel readings: the
+    log-density of each pixel's mean reading ``values`` (variance ``noise^2 / counts``) up to a
+    constant that does not depend on theta, and that variance (1 where unobserved, where the
+    log-density term is 0). ``values``, ``counts``: `(N, H, W)`. Summed over pixels it is the
+    patch likelihood of all readings up to a constant (the within-pixel spread of repeated
+    readings does not depend on theta)."""
+
+    def elements(theta: Tensor) -> tuple[Tensor, Tensor]:
+        log_p = -0.5 * counts * (theta - values) ** 2 / noise**2
+        var = torch.where(counts > 0, noise**2 / counts.clamp_min(1), torch.ones_like(counts))
+        return log_p.flatten(1), var.flatten(1)
+
+    return elements
+
+
 def _dps_draws(
     prior, values: Tensor, counts: Tensor, noise: float, num_samples: int, options: dict, gen
 ) -> Tensor:
@@ -307,15 +324,9 @@ def _dps_draws(
     ``values`` and counts ``counts`` `(R, H, W)` of Gaussian readings with sd ``noise``."""
     r = values.shape[0]
     event = tuple(values.shape[1:])
-    v = values.repeat_interleave(num_samples, 0)  # (R S, H, W)
-    c = counts.repeat_interleave(num_samples, 0)
-
-    def elements(theta: Tensor) -> tuple[Tensor, Tensor]:
-        """Per pixel: the log-density of the mean reading (variance noise^2 / count), up to a
-        constant, and that variance (1 where unobserved: its log-density term is 0)."""
-        log_p = -0.5 * c * (theta - v) ** 2 / noise**2
-        var = torch.where(c > 0, noise**2 / c.clamp_min(1), torch.ones_like(c))
-        return log_p.flatten(1), var.flatten(1)
+    elements = pixel_elements(
+        values.repeat_interleave(num_samples, 0), counts.repeat_interleave(num_samples, 0), noise
+    )
 
     def loglik(theta: Tensor) -> Tensor:  # (R S, H, W) -> (R S,), up to a constant
         return elements(theta)[0].sum(-1)
