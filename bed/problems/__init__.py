@@ -3,7 +3,7 @@
 Example:
     >>> import bed.problems
     >>> bed.problems.available()
-    ['ces', 'location-finding', 'pharmacokinetics', 'sensor-placement']
+    ['ces', 'image-mask', 'location-finding', 'pharmacokinetics', 'sensor-placement']
     >>> p = bed.problems.get("location-finding", prior="gaussian")
     >>> p.experiment.event_shape, p.steps
     (torch.Size([2, 2]), 30)
